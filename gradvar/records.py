@@ -38,8 +38,17 @@ __all__ = [
 WHOLE_MODEL = "__all__"
 
 COLUMNS: tuple[str, ...] = (
-    "run", "checkpoint", "step", "epoch", "snapshot_step",
-    "layer", "metric", "value", "n", "unit", "alpha",
+    "run",
+    "checkpoint",
+    "step",
+    "epoch",
+    "snapshot_step",
+    "layer",
+    "metric",
+    "value",
+    "n",
+    "unit",
+    "alpha",
 )
 
 METRICS: tuple[str, ...] = (
@@ -59,9 +68,17 @@ METRICS: tuple[str, ...] = (
 )
 
 _DTYPES: dict[str, Any] = {
-    "run": "string", "checkpoint": "string", "step": "Int64", "epoch": "float64",
-    "snapshot_step": "Int64", "layer": "string", "metric": "string", "value": "float64",
-    "n": "Int64", "unit": "string", "alpha": "float64",
+    "run": "string",
+    "checkpoint": "string",
+    "step": "Int64",
+    "epoch": "float64",
+    "snapshot_step": "Int64",
+    "layer": "string",
+    "metric": "string",
+    "value": "float64",
+    "n": "Int64",
+    "unit": "string",
+    "alpha": "float64",
 }
 
 

@@ -1,0 +1,85 @@
+"""Per-sample gradients: ``torch.func`` for any module, closed forms for ``nn.Linear``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from gradvar._utils import capture_rng
+from gradvar.blocks import DenseBlock, GradBlock, OuterBlock
+from gradvar.errors import InvalidArgumentError
+from gradvar.grads._batchnorm import (
+    POLICIES,
+    batchnorm_modules,
+    check_policy,
+    frozen_batchnorm,
+    population_stats,
+)
+from gradvar.grads._engine import GradientEngine
+from gradvar.grads._loss import LossFn, per_example_losses
+
+__all__ = [
+    "per_sample_grads",
+    "GradientEngine",
+    "GradBlock",
+    "DenseBlock",
+    "OuterBlock",
+    "LossFn",
+    "per_example_losses",
+    "POLICIES",
+    "batchnorm_modules",
+    "check_policy",
+    "frozen_batchnorm",
+    "population_stats",
+]
+
+
+def per_sample_grads(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    loss_fn: LossFn,
+    params: Sequence[str] | None = None,
+    chunk_size: int | None = None,
+) -> dict[str, Tensor]:
+    """Per-example gradients ``{parameter name: [n, *shape]}`` of ``loss_fn`` at ``model``.
+
+    g_i = ∇_θ loss_fn(model(x_i[None]), y_i[None]): each example's loss is evaluated on its
+    own, so the reduction of ``loss_fn`` (mean, sum) never matters. Buffers are passed
+    through; the model's mode is used as it is (call ``model.eval()`` for frozen BatchNorm
+    and no dropout). ``params`` selects parameters by name (default: all that require grad).
+    ``chunk_size`` bounds peak memory by processing that many examples at a time.
+    """
+    names = (
+        list(params)
+        if params is not None
+        else [n for n, p in model.named_parameters() if p.requires_grad]
+    )
+    known = dict(model.named_parameters())
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise InvalidArgumentError(
+            f"params names {unknown} are not parameters of the model; "
+            f"valid names include {list(known)[:8]}"
+        )
+    n = inputs.shape[0]
+    chunk = n if chunk_size is None else chunk_size
+    if chunk <= 0:
+        raise InvalidArgumentError(f"chunk_size must be positive, got chunk_size={chunk_size!r}")
+    engine = GradientEngine(model, loss_fn, names, closed_form=False)
+    weights = {k: v.detach() for k, v in known.items()}
+    buffers = dict(model.named_buffers())
+    pieces: dict[str, list[Tensor]] = {name: [] for name in names}
+    for start in range(0, n, chunk):
+        blocks = engine.blocks(
+            weights,
+            buffers,
+            inputs[start : start + chunk],
+            targets[start : start + chunk],
+            capture_rng(),
+        )
+        for name, block in blocks.items():
+            pieces[name].append(block.rows())
+    return {name: torch.cat(rows) for name, rows in pieces.items()}

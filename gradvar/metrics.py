@@ -1,0 +1,217 @@
+"""The quantities of METHOD.md §4 as pure functions of sufficient statistics.
+
+Per coordinate k over n samples (1/n normalisation throughout):
+
+    Var_k(g) = Σg²/n − (Σg/n)²,   Cov_k(g,h) = Σgh/n − (Σg/n)(Σh/n),
+    ρ_k = Cov_k / sqrt(Var_k(g) Var_k(h)),   α*_k = clamp(Cov_k / (Var_k(h) + 1e-24), −2, 2).
+
+Per layer L (a group of coordinates) and for the whole model (``__all__``):
+
+- ``m1_cosine``: (1/(n(n−1))) Σ_{i<j} (1 − cos(g_i, g_j)) = ½ − (‖Σ_i u_i‖² − n) / (2n(n−1)),
+  u_i = g_i/‖g_i‖ (samples with a zero gradient have no direction and are left out of n);
+- ``m2_total_variance``: Σ_k Var_k(g);
+- ``m3_top_eigenvalue``: λ_max of the covariance (see :mod:`gradvar.spectrum`);
+- ``rho_mean``: mean of ρ_k; ``rho_layer``: ΣCov / sqrt(ΣVar(g) ΣVar(h));
+- ``alpha_star_mean``: mean of α*_k; ``alpha_star_layer``: α*_L = ΣCov / ΣVar(h), the single α
+  minimising the layer's variance;
+- ``vr_variance`` at α: Σ_k [Var_k(g) − 2α Cov_k + α² Var_k(h)]; ``vr_variance_ratio``: that over
+  ``m2_total_variance`` (> 1: the correction adds variance);
+- ``grad_norm_sq``: ‖ḡ‖²; ``gns_simple``: tr Σ / ‖ḡ‖²; ``gsnr_mean``: mean of ḡ_k² / Var_k(g).
+
+Means over coordinates (ρ, α*, GSNR) skip coordinates where the estimator is 0/0: variance
+zero to float64 precision (Var_k ≤ 1e-12 · E[x_k²], e.g. weights of always-zero input
+pixels), or a second moment at the rounding-noise level of the model's dtype
+(E[x_k²] ≤ (64 ε)² · max_k E[x_k²], e.g. attention key biases, whose exact gradient is 0).
+:func:`optimal_alpha` keeps the reference code's exact estimator for
+users who want it coordinate by coordinate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from gradvar.errors import InvalidArgumentError
+from gradvar.spectrum import centred_top_eigenvalue
+from gradvar.stats import GradientSums
+
+__all__ = [
+    "RELATIVE_VARIANCE_FLOOR",
+    "layer_metrics",
+    "all_metrics",
+    "variance_metrics",
+    "optimal_alpha",
+]
+
+RELATIVE_VARIANCE_FLOOR = 1e-12
+_F64 = torch.float64
+_NAN = float("nan")
+
+MetricKey = tuple[str, str, "float | None"]  # (layer, metric, alpha or None)
+
+
+def _moments(sums: GradientSums, params: Sequence[str]) -> dict[str, Tensor]:
+    n = sums.tensors["n"]
+    cat = lambda kind: torch.cat([sums.get(kind, p) for p in params])  # noqa: E731
+    out = {"mean_g": cat("g") / n, "msq_g": cat("g2") / n}
+    out["var_g"] = (out["msq_g"] - out["mean_g"] ** 2).clamp_min(0)
+    if sums.paired:
+        out["mean_h"] = cat("h") / n
+        out["msq_h"] = cat("h2") / n
+        out["var_h"] = (out["msq_h"] - out["mean_h"] ** 2).clamp_min(0)
+        out["cov"] = cat("gh") / n - out["mean_g"] * out["mean_h"]
+    return out
+
+
+def _defined(var: Tensor, msq: Tensor, eps: float) -> Tensor:
+    noise = (64 * eps) ** 2 * float(msq.max()) if msq.numel() else 0.0
+    return (var > RELATIVE_VARIANCE_FLOOR * msq) & (msq > noise)
+
+
+def _mean(x: Tensor) -> float:
+    return float(x.mean()) if x.numel() else _NAN
+
+
+def _directional(sum_dir_sq: float, n_dir: float) -> float:
+    if n_dir < 2:
+        return _NAN
+    return 0.5 - (sum_dir_sq - n_dir) / (2 * n_dir * (n_dir - 1))
+
+
+def layer_metrics(
+    sums: GradientSums,
+    params: Sequence[str],
+    *,
+    sum_dir_sq: float,
+    n_dir: float,
+    alphas: Iterable[float] = (),
+    eps: float = torch.finfo(torch.float32).eps,
+) -> dict[tuple[str, float | None], float]:
+    """Every metric of one group of parameters, keyed by (metric, alpha or None).
+
+    ``eps``: machine epsilon of the dtype the gradients were computed in (noise floor).
+    """
+    if sums.n == 0:
+        raise InvalidArgumentError("no samples were accumulated; the data was empty")
+    m = _moments(sums, params)
+    m2 = float(m["var_g"].sum())
+    norm_sq = float((m["mean_g"] ** 2).sum())
+    ok_g = _defined(m["var_g"], m["msq_g"], eps)
+    out: dict[tuple[str, float | None], float] = {
+        ("m1_cosine", None): _directional(sum_dir_sq, n_dir),
+        ("m2_total_variance", None): m2,
+        ("grad_norm_sq", None): norm_sq,
+        ("gns_simple", None): m2 / norm_sq if norm_sq > 0 else _NAN,
+        ("gsnr_mean", None): _mean(m["mean_g"][ok_g] ** 2 / m["var_g"][ok_g]),
+    }
+    if not sums.paired:
+        return out
+    var_h, cov = m["var_h"], m["cov"]
+    ok_h = _defined(var_h, m["msq_h"], eps)
+    both = ok_g & ok_h
+    rho = cov[both] / (m["var_g"][both] * var_h[both]).sqrt()
+    alpha = (cov[ok_h] / (var_h[ok_h] + 1e-24)).clamp(-2.0, 2.0)
+    total_h, total_cov = float(var_h.sum()), float(cov.sum())
+    out[("rho_mean", None)] = _mean(rho.clamp(-1.0, 1.0))
+    out[("rho_layer", None)] = total_cov / (m2 * total_h) ** 0.5 if m2 > 0 and total_h > 0 else _NAN
+    out[("alpha_star_mean", None)] = _mean(alpha)
+    out[("alpha_star_layer", None)] = total_cov / total_h if total_h > 0 else _NAN
+    for a in alphas:
+        vr = m2 - 2 * a * total_cov + a * a * total_h
+        out[("vr_variance", float(a))] = vr
+        out[("vr_variance_ratio", float(a))] = vr / m2 if m2 > 0 else _NAN
+    return out
+
+
+def all_metrics(
+    sums: GradientSums,
+    *,
+    alphas: Iterable[float] = (),
+    top_eigenvalues: Mapping[str | None, float] | None = None,
+    whole_model: str = "__all__",
+    eps: float = torch.finfo(torch.float32).eps,
+) -> dict[MetricKey, float]:
+    """Metrics of every layer of ``sums.groups`` and of the whole model (``whole_model``)."""
+    alphas = list(alphas)
+    out: dict[MetricKey, float] = {}
+    for layer, params in sums.groups.items():
+        dir_sq = sum(float((sums.tensors[f"dir/{layer}/{p}"] ** 2).sum()) for p in params)
+        values = layer_metrics(
+            sums,
+            params,
+            sum_dir_sq=dir_sq,
+            n_dir=float(sums.tensors[f"n_dir/{layer}"]),
+            alphas=alphas,
+            eps=eps,
+        )
+        out.update({(layer, metric, a): v for (metric, a), v in values.items()})
+    every = list(sums.shapes)
+    dir_sq = sum(float((sums.get("dir_model", p) ** 2).sum()) for p in every)
+    values = layer_metrics(
+        sums,
+        every,
+        sum_dir_sq=dir_sq,
+        n_dir=float(sums.tensors["n_dir_model"]),
+        alphas=alphas,
+        eps=eps,
+    )
+    out.update({(whole_model, metric, a): v for (metric, a), v in values.items()})
+    if top_eigenvalues is not None:
+        for layer, value in top_eigenvalues.items():
+            out[(whole_model if layer is None else layer, "m3_top_eigenvalue", None)] = value
+    return out
+
+
+# -------------------------------------------------------------------- pure forms on rows
+def _as_rows(rows: Tensor, name: str) -> Tensor:
+    if rows.dim() < 2:
+        raise InvalidArgumentError(
+            f"{name} must have shape [n, d] (one gradient per row), got shape {tuple(rows.shape)}"
+        )
+    return rows.reshape(rows.shape[0], -1).to(_F64)
+
+
+def variance_metrics(rows: Tensor) -> dict[str, float]:
+    """Metrics 1–3 of gradient rows ``[n, d]`` (one sample's gradient per row).
+
+    ``m1_cosine`` = (1/(n(n−1))) Σ_{i<j} (1 − cos(g_i, g_j)); ``m2_total_variance`` = trace of
+    the 1/n covariance; ``m3_top_eigenvalue`` = its largest eigenvalue (via the n×n Gram
+    matrix when n ≤ d, else the d×d covariance).
+    """
+    g = _as_rows(rows, "rows")
+    n = g.shape[0]
+    norms = g.norm(dim=1)
+    units = g[norms > 0] / norms[norms > 0, None]
+    m1 = _directional(float((units.sum(0) ** 2).sum()), float(units.shape[0]))
+    centred = g - g.mean(0)
+    m2 = float((centred**2).sum() / n)
+    if n <= g.shape[1]:
+        m3 = centred_top_eigenvalue(g @ g.T)
+    else:
+        m3 = float(torch.linalg.eigvalsh(centred.T @ centred / n)[-1].clamp_min(0))
+    return {"m1_cosine": m1, "m2_total_variance": m2, "m3_top_eigenvalue": m3}
+
+
+def optimal_alpha(
+    current_rows: Tensor,
+    snapshot_rows: Tensor,
+    clamp: tuple[float, float] | None = (-2.0, 2.0),
+) -> Tensor:
+    """Per-coordinate α*_k = Cov_k(g, h) / (Var_k(h) + 1e-24), clamped — the paper's estimator.
+
+    ``current_rows`` and ``snapshot_rows`` are ``[n, d]`` gradients of the same n samples at the
+    current and snapshot weights. Returns a float64 tensor ``[d]`` (its plain mean is what the
+    reference code reports).
+    """
+    g = _as_rows(current_rows, "current_rows")
+    h = _as_rows(snapshot_rows, "snapshot_rows")
+    if g.shape != h.shape:
+        raise InvalidArgumentError(
+            f"current_rows and snapshot_rows must have the same shape, got {tuple(g.shape)} "
+            f"and {tuple(h.shape)}"
+        )
+    gc, hc = g - g.mean(0), h - h.mean(0)
+    alpha = (gc * hc).mean(0) / ((hc * hc).mean(0) + 1e-24)
+    return alpha.clamp(*clamp) if clamp is not None else alpha

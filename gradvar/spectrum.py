@@ -1,0 +1,135 @@
+"""Metric 3: the top eigenvalue of the gradient covariance, never forming the d×d matrix.
+
+    λ_max( (1/n) Σ_i (g_i − ḡ)(g_i − ḡ)ᵀ ) = λ_max( P K P ) / n,   P = I − 11ᵀ/n,
+
+where K_ij = ⟨g_i, g_j⟩ is the n×n Gram matrix. Two routes:
+
+- :class:`GramStore` keeps every chunk's gradient blocks (compact: δ and a for ``nn.Linear``)
+  and forms each layer's Gram matrix at the end — exact, one pass, memory ∝ n;
+- :class:`Lanczos` is matrix-free: each iteration needs one product C v, which a caller gets
+  from one more pass over the data as (1/n) Σ_i g_i ⟨g_i, v⟩ − ḡ⟨ḡ, v⟩ — memory ∝ |θ|.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gradvar.blocks import GradBlock, cat_blocks
+
+__all__ = ["centred_top_eigenvalue", "GramStore", "Lanczos"]
+
+_F64 = torch.float64
+_DENSE_EIG_MAX = 1024
+
+
+def centred_top_eigenvalue(gram: Tensor) -> float:
+    """λ_max of the 1/n covariance from the uncentred Gram matrix K (n×n): λ_max(PKP)/n."""
+    n = gram.shape[0]
+    if n < 2:
+        return float("nan")
+    k = gram.to(_F64)
+    row = k.mean(0, keepdim=True)
+    centred = k - row - row.T + k.mean()
+    centred = (centred + centred.T) / 2
+    if n <= _DENSE_EIG_MAX:
+        top = torch.linalg.eigvalsh(centred)[-1].item()
+    else:
+        from scipy.sparse.linalg import eigsh
+
+        top = float(eigsh(centred.cpu().numpy(), k=1, which="LA", return_eigenvectors=False)[0])
+    return max(top, 0.0) / n
+
+
+class GramStore:
+    """Keeps gradient blocks until the end of a pass, within a byte budget."""
+
+    def __init__(self, max_bytes: int, max_samples: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_samples = max_samples
+        self.blocks: dict[str, list[GradBlock]] = {}
+        self.nbytes = 0
+        self.n = 0
+        self.overflowed = False
+
+    def add(self, blocks: Mapping[str, GradBlock]) -> None:
+        """Keep ``blocks`` (one chunk); on exceeding the budget drop everything and stop."""
+        if self.overflowed:
+            return
+        size = sum(b.nbytes() for b in blocks.values())
+        chunk_n = next(iter(blocks.values())).n
+        if self.nbytes + size > self.max_bytes or self.n + chunk_n > self.max_samples:
+            self.blocks.clear()
+            self.overflowed = True
+            return
+        for name, block in blocks.items():
+            self.blocks.setdefault(name, []).append(block)
+        self.nbytes += size
+        self.n += chunk_n
+
+    def top_eigenvalues(self, groups: Mapping[str, Sequence[str]]) -> dict[str, float]:
+        """λ_max per layer (``groups``) and for the whole model (key ``None``)."""
+        grams = {name: cat_blocks(parts).gram() for name, parts in self.blocks.items()}
+        out: dict[str | None, float] = {}
+        for layer, names in groups.items():
+            out[layer] = centred_top_eigenvalue(sum(grams[p] for p in names))
+        out[None] = centred_top_eigenvalue(sum(grams.values()))
+        return out  # type: ignore[return-value]
+
+
+class Lanczos:
+    """Top eigenvalue of a symmetric PSD operator, one matrix-vector product at a time.
+
+    Lanczos with full reorthogonalisation. Drive it with ``while not l.done:
+    l.feed(A @ l.vector)``; ``l.value`` is the current Ritz estimate. Stops when the estimate
+    changes by less than ``tol`` relatively, at ``max_iter`` products, or when the Krylov
+    space is exhausted (exact).
+    """
+
+    def __init__(self, dim: int, *, max_iter: int = 40, tol: float = 1e-6, seed: int = 0) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        q = torch.randn(dim, generator=gen, dtype=_F64)
+        self.basis: list[Tensor] = [q / q.norm()]
+        self.alphas: list[float] = []
+        self.betas: list[float] = []
+        self.dim = dim
+        self.max_iter = min(max_iter, dim)
+        self.tol = tol
+        self.value = float("nan")
+        self.done = dim == 0
+
+    @property
+    def vector(self) -> Tensor:
+        """The vector whose product the operator must supply next."""
+        return self.basis[-1]
+
+    def feed(self, product: Tensor) -> None:
+        """Take A·vector and advance one step."""
+        w = product.to(_F64).reshape(-1).clone()
+        q = self.basis[-1]
+        self.alphas.append(float(q @ w))
+        basis = torch.stack(self.basis)
+        for _ in range(2):
+            w -= basis.T @ (basis @ w)
+        beta = float(w.norm())
+        previous = self.value
+        self.value = max(float(self._ritz()), 0.0)
+        steps = len(self.alphas)
+        scale = max(abs(self.value), 1e-300)
+        converged = steps > 1 and abs(self.value - previous) <= self.tol * scale
+        if converged or steps >= self.max_iter or beta <= 1e-12 * scale:
+            self.done = True
+            return
+        self.betas.append(beta)
+        self.basis.append(w / beta)
+
+    def _ritz(self) -> float:
+        k = len(self.alphas)
+        t = np.diag(self.alphas)
+        if k > 1:
+            off = np.array(self.betas[: k - 1])
+            t += np.diag(off, 1) + np.diag(off, -1)
+        return float(np.linalg.eigvalsh(t)[-1])
