@@ -23,7 +23,7 @@ _EXPORTS = {
     "per_sample_grads": "gradvar.grads",
     "Probe": "gradvar.probe",
     "ProbeResult": "gradvar.probe",
-    "analyze": "gradvar.analyze",
+    "analyze": "gradvar.analysis",
     "CheckpointSeries": "gradvar.checkpoints",
     "AlphaSVRG": "gradvar.optim",
     "fit_schedule": "gradvar.fit",
