@@ -108,6 +108,11 @@ def analyze(
     done = set(records.loc[records["run"] == run, "checkpoint"].dropna())
     probe = Probe(model, loss_fn, **probe_options)
     todo = [(c, s) for c, s in pairs if c.name not in done]
+    if todo:  # a checkpoint that does not fit the model fails before any work is done
+        first, first_snapshot = todo[0]
+        check_compatible(model, first.load(), first.path)
+        if first_snapshot is not None:
+            check_compatible(model, first_snapshot.load(), first_snapshot.path)
     is_writer = _rank() == 0
     bar = tqdm(
         todo,

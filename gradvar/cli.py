@@ -233,7 +233,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     main([*train_args, "--out", str(run_dir), *common, *resume])
     print("[2/4] analyzing every checkpoint (per-example gradients, 512 examples)")
     records_path = out / "records.parquet"
-    main(["analyze", str(run_dir), "--n", "512", "--out", str(records_path), *common])
+    main(
+        [
+            "analyze",
+            str(run_dir),
+            "--n",
+            "512",
+            "--run",
+            "mlp2-digits-sgd",
+            "--out",
+            str(records_path),
+            *common,
+        ]
+    )
     print("[3/4] fitting an alpha schedule to the measured alpha*")
     main(["fit", str(records_path), "--out", str(out / "schedule.json")])
     print("[4/4] plotting and writing the report")

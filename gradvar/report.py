@@ -261,8 +261,11 @@ def _tables(run: str, unit: str, rows: pd.DataFrame, order: Sequence[str]) -> li
     summary = _summary_rows(rows)
     if summary.empty:
         return [f"### Run `{run}` (unit {unit})", "", "No summary metric recorded.", ""]
-    last_step = summary["step"].max()
-    last = _of(summary, "step", last_step) if pd.notna(last_step) else summary
+    # The last checkpoint away from a snapshot: at a snapshot ρ = α* = 1 by construction.
+    away = off_snapshot(summary)
+    pool = away if not away.empty else summary
+    last_step = pool["step"].max()
+    last = _of(pool, "step", last_step) if pd.notna(last_step) else pool
     checkpoint = ", ".join(f"`{c}`" for c in pd.unique(last["checkpoint"].dropna()))
     at_snapshot = off_snapshot(last).empty
     snapshot_note = ", taken at a snapshot: ρ = α* = 1 there by construction" if at_snapshot else ""
@@ -285,7 +288,8 @@ def _tables(run: str, unit: str, rows: pd.DataFrame, order: Sequence[str]) -> li
     return [
         f"### Run `{run}` (unit {unit})",
         "",
-        f"Last checkpoint {checkpoint} (step {last_step}{epoch_text}{snapshot_note}); "
+        f"Last checkpoint away from a snapshot, {checkpoint} (step {last_step}{epoch_text}"
+        f"{snapshot_note}); "
         f"n = number of {_unit_noun(unit)} behind each estimate:",
         "",
         *_markdown_table(header, body),

@@ -70,7 +70,10 @@ def test_report_last_checkpoint_table_matches_records(written):
     assert last % SNAPSHOT_INTERVAL, "the test needs a last checkpoint off a snapshot"
     for run_index, run in enumerate(RUNS):
         section = text[text.index(f"### Run `{run}` (unit sample)") :]
-        assert f"Last checkpoint `step-{last:06d}` (step {last}, epoch {last / 50:.4g})" in section
+        assert (
+            f"Last checkpoint away from a snapshot, `step-{last:06d}` (step {last}, "
+            f"epoch {last / 50:.4g})"
+        ) in section
         table = table_after(section, "Last checkpoint")
         assert list(table) == [*LAYERS, WHOLE_MODEL]
         for layer, cells in table.items():
