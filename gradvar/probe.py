@@ -75,6 +75,26 @@ class ProbeResult:
             f"no value for metric={metric!r} layer={layer!r} alpha={alpha}; metrics: {known}"
         )
 
+    def optimal_alpha(
+        self, clamp: tuple[float, float] | None = (-2.0, 2.0)
+    ) -> dict[str, Tensor]:
+        """Per-coordinate α*_k = Cov_k(g, h) / (Var_k(h) + 1e-24) for every parameter.
+
+        The paper's estimator (clamped like the reference code), shaped like each parameter;
+        usable as a per-coordinate alpha (``AlphaSVRG.set_coordinate_alpha``).
+        """
+        if not self.sums.paired:
+            raise InvalidArgumentError("optimal_alpha needs a paired run (pass snapshot=)")
+        n = self.sums.tensors["n"]
+        out = {}
+        for name, shape in self.sums.shapes.items():
+            mean_g, mean_h = self.sums.get("g", name) / n, self.sums.get("h", name) / n
+            var_h = (self.sums.get("h2", name) / n - mean_h**2).clamp_min(0)
+            cov = self.sums.get("gh", name) / n - mean_g * mean_h
+            alpha = cov / (var_h + 1e-24)
+            out[name] = (alpha.clamp(*clamp) if clamp is not None else alpha).reshape(shape)
+        return out
+
     def to_frame(self, **meta: Any) -> pd.DataFrame:
         """Records in DESIGN.md's format; ``meta`` overrides run/checkpoint/step/epoch/..."""
         info = {**self.meta, **meta}

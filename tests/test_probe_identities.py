@@ -165,3 +165,19 @@ def test_bad_arguments_name_the_value() -> None:
         Probe(model, F.cross_entropy, layers={"x": "nothing.*"})
     with pytest.raises(InvalidArgumentError, match="missing parameters"):
         Probe(model, F.cross_entropy).run((x, y), snapshot={"0.weight": model[0].weight})
+
+
+def test_optimal_alpha_per_coordinate_matches_rows_estimator() -> None:
+    from gradvar.metrics import optimal_alpha
+
+    model, x, y = make("cnn")
+    snapshot = perturbed(model)
+    result = Probe(model, F.cross_entropy, chunk_size=5).run((x, y), snapshot=snapshot)
+    got = result.optimal_alpha()
+    rows_g = reference.loop_grads(model, F.cross_entropy, x, y)
+    rows_h = reference.loop_grads(model, F.cross_entropy, x, y, state=snapshot)
+    for name, alpha in got.items():
+        expected = optimal_alpha(rows_g[name], rows_h[name]).reshape(alpha.shape)
+        torch.testing.assert_close(alpha, expected, rtol=1e-7, atol=1e-9)
+    with pytest.raises(InvalidArgumentError, match="paired"):
+        Probe(model, F.cross_entropy).run((x, y)).optimal_alpha()
