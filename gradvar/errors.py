@@ -15,6 +15,7 @@ __all__ = [
     "UnsupportedModelError",
     "DataNotFoundError",
     "MemoryBudgetError",
+    "OptimizerStateError",
 ]
 
 
@@ -44,3 +45,7 @@ class DataNotFoundError(GradvarError, FileNotFoundError):
 
 class MemoryBudgetError(GradvarError, MemoryError):
     """A requested mode would exceed its memory budget; the message gives the estimate."""
+
+
+class OptimizerStateError(GradvarError, RuntimeError):
+    """An optimizer method was called out of order (e.g. step() with no snapshot gradient)."""
