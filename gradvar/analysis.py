@@ -106,6 +106,7 @@ def analyze(
     if out_path is not None and out_path.exists() and resume:
         records = read_records(out_path)
     done = set(records.loc[records["run"] == run, "checkpoint"].dropna())
+    probe_options.setdefault("progress", False if progress is False else None)
     probe = Probe(model, loss_fn, **probe_options)
     todo = [(c, s) for c, s in pairs if c.name not in done]
     if todo:  # a checkpoint that does not fit the model fails before any work is done

@@ -29,7 +29,7 @@ from gradvar.errors import InvalidArgumentError, NonFiniteGradientError
 from gradvar.grads import GradientEngine, check_policy, frozen_batchnorm, population_stats
 from gradvar.grads._loss import LossFn
 from gradvar.metrics import all_metrics
-from gradvar.records import WHOLE_MODEL, to_frame
+from gradvar.records import METRICS, WHOLE_MODEL, to_frame
 from gradvar.spectrum import GramStore, Lanczos
 from gradvar.stats import GradientSums
 
@@ -124,7 +124,9 @@ class ProbeResult:
         )
         order = list(dict.fromkeys(frame["layer"]))
         table = frame.assign(metric=label).pivot(index="layer", columns="metric", values="value")
-        return table.loc[order, list(dict.fromkeys(label))]
+        rank = {m: i for i, m in enumerate(METRICS)}
+        columns = sorted(dict.fromkeys(label), key=lambda c: (rank.get(c.split("@")[0], 99), c))
+        return table.loc[order, columns]
 
     def _repr_html_(self) -> str:
         return self.table()._repr_html_()  # type: ignore[operator]
