@@ -30,7 +30,7 @@ data:
 	fi
 
 lint: install
-	$(VENV)/bin/ruff check gradvar tests benchmarks analyses
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
 test: install data lint

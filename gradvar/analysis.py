@@ -27,10 +27,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from gradvar._data import as_batches
-from gradvar.checkpoints import CheckpointSeries, check_compatible
+from gradvar.checkpoints import Checkpoint, CheckpointSeries, check_compatible
 from gradvar.errors import InvalidArgumentError
 from gradvar.grads._loss import LossFn
-from gradvar.probe import Probe
+from gradvar.probe import Probe, ProbeResult
 from gradvar.records import empty_frame, read_records, write_records
 from gradvar.schedules import from_dict
 
@@ -72,6 +72,7 @@ def analyze(
     progress: bool | None = None,
     device: str | torch.device | None = None,
     snapshot_interval: int | None = None,
+    on_result: Callable[[ProbeResult, Checkpoint, Checkpoint | None], None] | None = None,
     **probe_options: Any,
 ) -> pd.DataFrame:
     """Records (DESIGN.md format) for every checkpoint of ``series``, paired with its snapshot.
@@ -91,6 +92,8 @@ def analyze(
         device: where to probe (default: CPU, or the model's device if given a module).
         snapshot_interval: pair step t with the checkpoint at the last multiple of K ≤ t
             (when ``series`` is a path; otherwise build the series with it).
+        on_result: called as ``on_result(result, checkpoint, snapshot)`` after each probe, to
+            keep what the records do not (e.g. ``result.optimal_alpha()`` tensors).
         probe_options: passed to :class:`Probe` (unit, layers, batchnorm, chunk_size, ...).
     """
     if not isinstance(series, CheckpointSeries):
@@ -105,9 +108,11 @@ def analyze(
     records = empty_frame()
     if out_path is not None and out_path.exists() and resume:
         records = read_records(out_path)
-    done = set(records.loc[records["run"] == run, "checkpoint"].dropna())
     probe_options.setdefault("progress", False if progress is False else None)
     probe = Probe(model, loss_fn, **probe_options)
+    # A checkpoint is done for this run *and unit*: one file may hold several units.
+    mine = records[(records["run"] == run) & (records["unit"] == probe.unit)]
+    done = set(mine["checkpoint"].dropna())
     todo = [(c, s) for c, s in pairs if c.name not in done]
     if todo:  # a checkpoint that does not fit the model fails before any work is done
         first, first_snapshot = todo[0]
@@ -141,6 +146,8 @@ def analyze(
             epoch=checkpoint.epoch,
             snapshot_step=None if snapshot is None else snapshot.step,
         )
+        if on_result is not None:
+            on_result(result, checkpoint, snapshot)
         records = frame if records.empty else pd.concat([records, frame], ignore_index=True)
         if out_path is not None and is_writer:
             write_records(records, out_path)

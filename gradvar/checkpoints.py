@@ -17,7 +17,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from gradvar._files import atomic_path
 from gradvar._utils import check_positive
 from gradvar.errors import CheckpointError, InvalidArgumentError
 
@@ -385,17 +385,10 @@ def load_into(
 
 def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
     """Write via a hidden temporary file in the same folder, fsync, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     return path
 
 

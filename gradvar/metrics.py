@@ -12,8 +12,10 @@ Per layer L (a group of coordinates) and for the whole model (``__all__``):
 - ``m2_total_variance``: Σ_k Var_k(g);
 - ``m3_top_eigenvalue``: λ_max of the covariance (see :mod:`gradvar.spectrum`);
 - ``rho_mean``: mean of ρ_k; ``rho_layer``: ΣCov / sqrt(ΣVar(g) ΣVar(h));
-- ``alpha_star_mean``: mean of α*_k; ``alpha_star_layer``: α*_L = ΣCov / ΣVar(h), the single α
-  minimising the layer's variance;
+- ``alpha_star_mean``: mean of α*_k over defined coordinates (see below);
+  ``alpha_star_mean_ref``: the reference code's plain mean over *all* coordinates, where a
+  0/0 coordinate counts as 0 (what the paper's figures show);
+- ``alpha_star_layer``: α*_L = ΣCov / ΣVar(h), the single α minimising the layer's variance;
 - ``vr_variance`` at α: Σ_k [Var_k(g) − 2α Cov_k + α² Var_k(h)]; ``vr_variance_ratio``: that over
   ``m2_total_variance`` (> 1: the correction adds variance);
 - ``grad_norm_sq``: ‖ḡ‖²; ``gns_simple``: tr Σ / ‖ḡ‖²; ``gsnr_mean``: mean of ḡ_k² / Var_k(g).
@@ -117,6 +119,7 @@ def layer_metrics(
     out[("rho_mean", None)] = _mean(rho.clamp(-1.0, 1.0))
     out[("rho_layer", None)] = total_cov / (m2 * total_h) ** 0.5 if m2 > 0 and total_h > 0 else _NAN
     out[("alpha_star_mean", None)] = _mean(alpha)
+    out[("alpha_star_mean_ref", None)] = _mean((cov / (var_h + 1e-24)).clamp(-2.0, 2.0))
     out[("alpha_star_layer", None)] = total_cov / total_h if total_h > 0 else _NAN
     for a in alphas:
         vr = m2 - 2 * a * total_cov + a * a * total_h

@@ -75,9 +75,7 @@ class ProbeResult:
             f"no value for metric={metric!r} layer={layer!r} alpha={alpha}; metrics: {known}"
         )
 
-    def optimal_alpha(
-        self, clamp: tuple[float, float] | None = (-2.0, 2.0)
-    ) -> dict[str, Tensor]:
+    def optimal_alpha(self, clamp: tuple[float, float] | None = (-2.0, 2.0)) -> dict[str, Tensor]:
         """Per-coordinate α*_k = Cov_k(g, h) / (Var_k(h) + 1e-24) for every parameter.
 
         The paper's estimator (clamped like the reference code), shaped like each parameter;

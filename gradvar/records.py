@@ -14,7 +14,6 @@ half-written table.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gradvar._files import atomic_path
 from gradvar.errors import InvalidArgumentError
 
 __all__ = [
@@ -59,6 +59,7 @@ METRICS: tuple[str, ...] = (
     "rho_layer",
     "alpha_star_mean",
     "alpha_star_layer",
+    "alpha_star_mean_ref",
     "vr_variance",
     "vr_variance_ratio",
     "grad_norm_sq",
@@ -114,18 +115,11 @@ def validate(frame: pd.DataFrame) -> pd.DataFrame:
 def write_records(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """Write ``frame`` to ``path`` atomically: Parquet, or CSV if the suffix is ``.csv``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         if path.suffix == ".csv":
             frame.to_csv(tmp, index=False)
         else:
             frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

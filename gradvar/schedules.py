@@ -23,7 +23,6 @@ import math
 import numbers
 import os
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from gradvar._files import atomic_path
 from gradvar.errors import InvalidArgumentError
 
 __all__ = [
@@ -561,14 +561,8 @@ def save(schedule: Schedule, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(as_schedule(schedule).to_dict(), indent=2)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as file:
-            file.write(text + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text + "\n")
     return path
 
 

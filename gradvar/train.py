@@ -20,7 +20,6 @@ import math
 import numbers
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from torch.utils.data import Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from gradvar import schedules
+from gradvar._files import atomic_path
 from gradvar._utils import check_positive, seeded
 from gradvar.checkpoints import (
     CHECKPOINT_SUFFIXES,
@@ -120,14 +120,8 @@ def _base_optimizer(
 
 
 def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
 
 
 def _write_metrics(path: Path, rows: list[tuple[int, float, str, float]]) -> None:

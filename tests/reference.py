@@ -95,6 +95,7 @@ def stats(g: Tensor, h: Tensor | None, alphas=(1.0,)) -> dict[str, float]:
     out["rho_layer"] = float(cov.sum() / (var_g.sum() * var_h.sum()).sqrt())
     out["alpha_star_mean"] = float((cov[ok_h] / (var_h[ok_h] + 1e-24)).clamp(-2, 2).mean())
     out["alpha_star_layer"] = float(cov.sum() / var_h.sum())
+    out["alpha_star_mean_ref"] = float((cov / (var_h + 1e-24)).clamp(-2, 2).mean())
     for a in alphas:
         v = g - a * (h - hmean)  # the variance-reduced gradients themselves
         vr = float(((v - v.mean(0)) ** 2).mean(0).sum())

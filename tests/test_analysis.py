@@ -189,3 +189,24 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     off = alpha[alpha.step != alpha.snapshot_step]
     assert off["value"].min() < 0.9  # alpha* decays away from the snapshots (the sawtooth)
     assert (tmp_path / "report.md").exists() and (tmp_path / "schedule.json").exists()
+
+
+def test_second_unit_into_the_same_file_is_not_skipped(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "both.parquet"
+    seen = []
+    per_example = _api_records(run_dir, out)
+    both = _api_records(run_dir, out, unit=8, on_result=lambda r, c, s: seen.append(c.step))
+    assert set(both["unit"]) == {"sample", "8"}
+    batch_rows = both[both.unit == "8"]
+    assert batch_rows["checkpoint"].nunique() == per_example["checkpoint"].nunique()
+    assert len(both) == len(per_example) + len(batch_rows)
+    assert seen == CheckpointSeries(run_dir).steps  # the hook saw every probed checkpoint
+    again = _api_records(run_dir, out, unit=8)  # both units done: nothing re-run
+    assert len(again) == len(both)
+    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
