@@ -225,6 +225,8 @@ class Probe:
         carried into the records.
         """
         batches = as_batches(data)
+        if iter(batches) is batches:  # a one-shot iterator: extra passes (Lanczos, BatchNorm
+            batches = list(batches)  # 'replace') must see the same batches again
         current = self._weights(self.model)
         paired = snapshot is not None
         snap = self._weights(snapshot) if paired else None

@@ -181,3 +181,12 @@ def test_optimal_alpha_per_coordinate_matches_rows_estimator() -> None:
         torch.testing.assert_close(alpha, expected, rtol=1e-7, atol=1e-9)
     with pytest.raises(InvalidArgumentError, match="paired"):
         Probe(model, F.cross_entropy).run((x, y)).optimal_alpha()
+
+
+def test_one_shot_iterator_gives_the_same_lanczos_result() -> None:
+    model, x, y = make("mlp")
+    batches = [(x[i : i + 6], y[i : i + 6]) for i in range(0, 24, 6)]
+    probe = Probe(model, F.cross_entropy, top_eigenvalue="lanczos", lanczos_tol=1e-10)
+    from_list = probe.run(batches).value("m3_top_eigenvalue")
+    from_generator = probe.run(b for b in batches).value("m3_top_eigenvalue")
+    assert from_generator == pytest.approx(from_list, rel=1e-9)
