@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,6 +149,9 @@ class Probe:
         alphas: alphas at which ``vr_variance`` is reported.
         seed: seeds each chunk's randomness (dropout) identically at every checkpoint.
         skip_nonfinite: drop samples with NaN/Inf gradients (counted) instead of raising.
+        transform: ``transform(inputs, generator) -> inputs`` applied to every chunk (e.g.
+            ``gradvar.zoo.augment``), its generator seeded by ``seed`` and the chunk's index:
+            both weight sets, every pass and every checkpoint see the same augmentation.
         distributed: split chunks across ``torch.distributed`` ranks and all-reduce the sums
             (``"auto"``: when a process group is initialised).
     """
@@ -173,6 +176,7 @@ class Probe:
         alphas: Iterable[float] = (1.0,),
         seed: int = 0,
         skip_nonfinite: bool = False,
+        transform: Callable[[Tensor, torch.Generator], Tensor] | None = None,
         progress: bool | None = None,
         distributed: bool | str = "auto",
     ) -> None:
@@ -207,6 +211,7 @@ class Probe:
         self.lanczos_max_iter, self.lanczos_tol = lanczos_max_iter, lanczos_tol
         self.alphas = [float(a) for a in alphas]
         self.seed, self.skip_nonfinite, self.progress = seed, skip_nonfinite, progress
+        self.transform = transform
         self.distributed = distributed
 
     # ------------------------------------------------------------------ public
@@ -354,8 +359,12 @@ class Probe:
         )
         device = self._device()
         for index, (x, y) in enumerate(rechunk(bar, self.chunk, self.unit_size or 1)):
-            if index % world == rank:
-                yield index, x.to(device), y.to(device)
+            if index % world != rank:
+                continue
+            if self.transform is not None:
+                generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+                x = self.transform(x, generator)
+            yield index, x.to(device), y.to(device)
 
     def _blocks(
         self, index: int, x: Tensor, y: Tensor, current: tuple, snap: tuple | None

@@ -190,3 +190,26 @@ def test_one_shot_iterator_gives_the_same_lanczos_result() -> None:
     from_list = probe.run(batches).value("m3_top_eigenvalue")
     from_generator = probe.run(b for b in batches).value("m3_top_eigenvalue")
     assert from_generator == pytest.approx(from_list, rel=1e-9)
+
+
+def test_transform_is_seeded_per_chunk_and_shared_by_both_weight_sets() -> None:
+    from gradvar.zoo import augment
+
+    model, x, y = make("cnn")
+    snapshot = perturbed(model)
+    probe = Probe(model, F.cross_entropy, chunk_size=8, transform=augment, seed=3)
+    first = probe.run((x, y), snapshot=snapshot)
+    again = probe.run((x, y), snapshot=snapshot)
+    assert first.values == again.values  # the same augmentation every time
+    # by hand: augment each chunk with the generator the probe documents, then no transform
+    pieces = [
+        augment(x[i : i + 8], torch.Generator().manual_seed(3 * 1_000_003 + i // 8))
+        for i in range(0, 24, 8)
+    ]
+    by_hand = Probe(model, F.cross_entropy, chunk_size=8, seed=3).run(
+        (torch.cat(pieces), y), snapshot=snapshot
+    )
+    for key, value in by_hand.values.items():
+        assert math.isclose(first.values[key], value, rel_tol=1e-10, abs_tol=1e-14), key
+    plain = Probe(model, F.cross_entropy, chunk_size=8, seed=3).run((x, y), snapshot=snapshot)
+    assert plain.value("m2_total_variance") != first.value("m2_total_variance")
