@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -37,6 +37,15 @@ class GradBlock(ABC):
     @abstractmethod
     def n(self) -> int:
         """Number of samples in the block."""
+
+    def moments(self, weights: Tensor) -> tuple[Tensor, Tensor]:
+        """(Σ_i w_ki g_i for every row k of ``weights`` [k, n] → [k, *shape], Σ_i g_i ⊙ g_i).
+
+        One read of the block for all of a chunk's first and second moments; subclasses
+        override it with a fused implementation.
+        """
+        sums = torch.stack([self.weighted_sum(w) for w in weights])
+        return sums, self.sum_sq()
 
     @abstractmethod
     def sum(self) -> Tensor:
@@ -83,12 +92,42 @@ class GradBlock(ABC):
         """Bytes held by the block (to budget keeping blocks for the Gram matrix)."""
 
 
+_SLAB_BYTES = 4 << 20  # float64 working set per column slab on CPU: stays in cache
+
+
 class DenseBlock(GradBlock):
-    """Per-sample gradients stored as rows ``[n, *shape]``."""
+    """Per-sample gradients stored as rows ``[n, *shape]``.
+
+    Reductions read the rows in column slabs converted to float64 once each (a few MiB on
+    CPU, the whole block on a GPU), never a float64 copy of the whole block per reduction.
+    """
 
     def __init__(self, rows: Tensor) -> None:
         self._rows = rows
         self.shape = rows.shape[1:]
+        self._norms_sq: Tensor | None = None
+
+    def _slabs(self, *others: Tensor) -> Iterator[tuple[slice, list[Tensor]]]:
+        """(columns, [float64 slab of self and of each ``others`` rows]) over all columns."""
+        flats = [t.reshape(self.n, math.prod(self.shape)) for t in (self._rows, *others)]
+        width = flats[0].shape[1]
+        if self._rows.is_cuda:
+            step = max(width, 1)
+        else:
+            step = max(1, _SLAB_BYTES // (8 * max(self.n, 1) * len(flats)))
+        for start in range(0, width, step):
+            cols = slice(start, min(start + step, width))
+            yield cols, [f[:, cols].to(_F64) for f in flats]
+
+    def moments(self, weights: Tensor) -> tuple[Tensor, Tensor]:
+        k, width = weights.shape[0], math.prod(self.shape)
+        w = weights.to(device=self._rows.device, dtype=_F64)
+        sums = torch.zeros(k, width, dtype=_F64, device=self._rows.device)
+        squares = torch.zeros(width, dtype=_F64, device=self._rows.device)
+        for cols, (slab,) in self._slabs():
+            sums[:, cols] = w @ slab
+            squares[cols] = (slab * slab).sum(0)
+        return sums.reshape(k, *self.shape), squares.reshape(self.shape)
 
     @property
     def n(self) -> int:
@@ -105,12 +144,16 @@ class DenseBlock(GradBlock):
         return (flat * flat).sum(0).reshape(self.shape)
 
     def sum_cross(self, other: GradBlock) -> Tensor:
-        other_flat = other.rows().reshape(self.n, math.prod(self.shape)).to(_F64)
-        return (self._flat() * other_flat).sum(0).reshape(self.shape)
+        out = torch.zeros(math.prod(self.shape), dtype=_F64, device=self._rows.device)
+        for cols, (mine, theirs) in self._slabs(other.rows()):
+            out[cols] = (mine * theirs).sum(0)
+        return out.reshape(self.shape)
 
     def norms_sq(self) -> Tensor:
-        flat = self._flat()
-        return (flat * flat).sum(1)
+        if self._norms_sq is None:
+            flat = self._rows.reshape(self.n, math.prod(self.shape))
+            self._norms_sq = torch.linalg.vector_norm(flat, dim=1, dtype=_F64) ** 2
+        return self._norms_sq
 
     def weighted_sum(self, weights: Tensor) -> Tensor:
         return (weights.to(_F64) @ self._flat()).reshape(self.shape)
@@ -129,7 +172,12 @@ class DenseBlock(GradBlock):
         return DenseBlock(self._rows[keep])
 
     def finite(self) -> Tensor:
-        return torch.isfinite(self._rows.reshape(self.n, math.prod(self.shape))).all(1)
+        # A float64 sum of squares of float32 (or float64 → inf on overflow, still caught)
+        # entries is finite iff every entry is.
+        finite = torch.isfinite(self.norms_sq())
+        if self._rows.dtype == _F64:  # a float64 square may overflow: check the entries
+            finite &= torch.isfinite(self._rows.reshape(self.n, math.prod(self.shape))).all(1)
+        return finite
 
     def nbytes(self) -> int:
         return self._rows.numel() * self._rows.element_size()
@@ -146,13 +194,24 @@ class OuterBlock(GradBlock):
         self.delta = delta
         self.act = act
         self.shape = torch.Size((delta.shape[1], act.shape[1]))
+        self._f64: tuple[Tensor, Tensor] | None = None
 
     @property
     def n(self) -> int:
         return self.delta.shape[0]
 
     def _factors(self) -> tuple[Tensor, Tensor]:
-        return self.delta.to(_F64), self.act.to(_F64)
+        if self._f64 is None:  # small: n × (in + out)
+            self._f64 = (self.delta.to(_F64), self.act.to(_F64))
+        return self._f64
+
+    def moments(self, weights: Tensor) -> tuple[Tensor, Tensor]:
+        d, a = self._factors()
+        k, out = weights.shape[0], d.shape[1]
+        w = weights.to(device=d.device, dtype=_F64)
+        stacked = (w[:, :, None] * d[None]).permute(1, 0, 2).reshape(self.n, k * out)
+        sums = (stacked.T @ a).reshape(k, out, a.shape[1])  # one matmul for all k sums
+        return sums, (d * d).T @ (a * a)
 
     def sum(self) -> Tensor:
         d, a = self._factors()

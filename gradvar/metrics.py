@@ -76,6 +76,12 @@ def _mean(x: Tensor) -> float:
     return float(x.mean()) if x.numel() else _NAN
 
 
+def _masked_mean(values: Tensor, mask: Tensor) -> float:
+    """Mean of ``values`` where ``mask``; NaN/inf outside the mask never enter (no indexing)."""
+    count = int(mask.sum())
+    return float(torch.where(mask, values, 0.0).sum() / count) if count else _NAN
+
+
 def _directional(sum_dir_sq: float, n_dir: float) -> float:
     if n_dir < 2:
         return _NAN
@@ -106,20 +112,20 @@ def layer_metrics(
         ("m2_total_variance", None): m2,
         ("grad_norm_sq", None): norm_sq,
         ("gns_simple", None): m2 / norm_sq if norm_sq > 0 else _NAN,
-        ("gsnr_mean", None): _mean(m["mean_g"][ok_g] ** 2 / m["var_g"][ok_g]),
+        ("gsnr_mean", None): _masked_mean(m["mean_g"] ** 2 / m["var_g"], ok_g),
     }
     if not sums.paired:
         return out
     var_h, cov = m["var_h"], m["cov"]
     ok_h = _defined(var_h, m["msq_h"], eps)
     both = ok_g & ok_h
-    rho = cov[both] / (m["var_g"][both] * var_h[both]).sqrt()
-    alpha = (cov[ok_h] / (var_h[ok_h] + 1e-24)).clamp(-2.0, 2.0)
+    rho = (cov / (m["var_g"] * var_h).sqrt()).clamp(-1.0, 1.0)
+    alpha = (cov / (var_h + 1e-24)).clamp(-2.0, 2.0)
     total_h, total_cov = float(var_h.sum()), float(cov.sum())
-    out[("rho_mean", None)] = _mean(rho.clamp(-1.0, 1.0))
+    out[("rho_mean", None)] = _masked_mean(rho, both)
     out[("rho_layer", None)] = total_cov / (m2 * total_h) ** 0.5 if m2 > 0 and total_h > 0 else _NAN
-    out[("alpha_star_mean", None)] = _mean(alpha)
-    out[("alpha_star_mean_ref", None)] = _mean((cov / (var_h + 1e-24)).clamp(-2.0, 2.0))
+    out[("alpha_star_mean", None)] = _masked_mean(alpha, ok_h)
+    out[("alpha_star_mean_ref", None)] = _mean(alpha)
     out[("alpha_star_layer", None)] = total_cov / total_h if total_h > 0 else _NAN
     for a in alphas:
         vr = m2 - 2 * a * total_cov + a * a * total_h

@@ -80,19 +80,26 @@ class GradientSums:
         t["n"] += n
         model_w = _inverse_norms(sum(norms_sq.values()))
         t["n_dir_model"] += (model_w > 0).sum()
+        layer_ws: dict[str, list[tuple[str, Tensor]]] = {p: [] for p in current}
         for layer, names in self.groups.items():
             layer_w = _inverse_norms(sum(norms_sq[p] for p in names))
             t[f"n_dir/{layer}"] += (layer_w > 0).sum()
             for p in names:
-                t[f"dir/{layer}/{p}"] += current[p].weighted_sum(layer_w)
+                layer_ws[p].append((layer, layer_w))
         for p, g in current.items():
-            t[f"g/{p}"] += g.sum()
-            t[f"g2/{p}"] += g.sum_sq()
-            t[f"dir_model/{p}"] += g.weighted_sum(model_w)
+            # rows: Σ g, Σ g/‖g‖_model, Σ g/‖g‖_layer for each layer holding p — one read of g
+            weights = torch.stack([torch.ones_like(model_w), model_w, *(w for _, w in layer_ws[p])])
+            sums, squares = g.moments(weights)
+            t[f"g/{p}"] += sums[0]
+            t[f"g2/{p}"] += squares
+            t[f"dir_model/{p}"] += sums[1]
+            for row, (layer, _) in enumerate(layer_ws[p], start=2):
+                t[f"dir/{layer}/{p}"] += sums[row]
             if snapshot is not None and self.paired:
                 h = snapshot[p]
-                t[f"h/{p}"] += h.sum()
-                t[f"h2/{p}"] += h.sum_sq()
+                h_sums, h_squares = h.moments(torch.ones_like(model_w)[None])
+                t[f"h/{p}"] += h_sums[0]
+                t[f"h2/{p}"] += h_squares
                 t[f"gh/{p}"] += g.sum_cross(h)
 
     def add_nonfinite(self, count: int) -> None:

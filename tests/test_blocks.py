@@ -88,3 +88,31 @@ def test_per_sample_grads_chunked_matches_loop() -> None:
         for name, p in model.named_parameters():
             torch.testing.assert_close(full[name][i], p.grad, rtol=1e-10, atol=1e-12)
             torch.testing.assert_close(chunked[name][i], p.grad, rtol=1e-10, atol=1e-12)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 6), st.integers(1, 6), st.integers(0, 10_000))
+def test_fused_moments_equal_separate_reductions(n: int, out: int, inp: int, seed: int) -> None:
+    import gradvar.blocks as blocks
+
+    outer, dense = _pair(n, out, inp, seed)
+    _, dense2 = _pair(n, out, inp, seed + 1)
+    gen = torch.Generator().manual_seed(seed)
+    weights = torch.randn(3, n, generator=gen, dtype=torch.float64)
+    expected = torch.stack([dense.weighted_sum(w) for w in weights])
+    old = blocks._SLAB_BYTES
+    blocks._SLAB_BYTES = 8 * n * 2  # force slabs of a couple of columns
+    try:
+        for block in (outer, dense):
+            sums, squares = block.moments(weights)
+            torch.testing.assert_close(sums, expected, rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(squares, dense.sum_sq(), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(
+            dense.sum_cross(dense2), (dense.rows() * dense2.rows()).sum(0), rtol=1e-10, atol=1e-12
+        )
+    finally:
+        blocks._SLAB_BYTES = old
+    assert torch.equal(dense.finite(), torch.ones(n, dtype=torch.bool))
+    bad = dense.rows().clone()
+    bad[0, 0, 0] = float("nan")
+    assert not bool(DenseBlock(bad).finite()[0])

@@ -79,6 +79,8 @@ class GradientEngine:
                 closed = {k: v for k, v in closed.items() if k in self.closed_form_params}
             out.update(closed)
         rest = [n for n in self.param_names if n not in out]
+        if not rest:
+            return {name: out[name] for name in self.param_names}
         with replay_rng(rng):
             out.update(
                 vmap_blocks(
