@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--snapshot", help="pair every checkpoint with this file")
     an.add_argument("--batchnorm", choices=["eval", "replace", "refuse"], default="eval")
     an.add_argument("--top-eigenvalue", choices=["auto", "gram", "lanczos", "none"], default="auto")
-    an.add_argument("--chunk-size", type=int, default=256)
+    an.add_argument("--chunk-size", type=int, help="samples per chunk (default: automatic)")
     an.add_argument("--alphas", default="1.0", help="comma-separated alphas for vr_variance")
     an.add_argument("--seed", type=int, default=0)
     an.add_argument("--device", help="cpu or cuda (default: cpu)")
