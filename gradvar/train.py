@@ -284,7 +284,12 @@ def train(
             raise InvalidArgumentError(
                 f"vr={vr!r} needs gradvar.optim.AlphaSVRG, which failed to import: {exc}"
             ) from exc
-        opt = AlphaSVRG(opt, alpha=schedule, snapshot_interval=interval)
+        opt = AlphaSVRG(
+            opt,
+            alpha=schedule,
+            snapshot_interval=interval,
+            named_parameters=model.named_parameters(),
+        )
 
     start, rows = 0, []
     if existing:
@@ -313,8 +318,13 @@ def train(
         order = epoch_order(epoch)
         return (batch(epoch, order, i) for i in range(steps_per_epoch))
 
-    def save(step: int) -> None:
-        snapshot_step = (step // interval) * interval if schedule is not None else None
+    def save(step: int, final: bool = False) -> None:
+        # The snapshot this state is paired with: the last interval start at or before it.
+        # The end-of-training checkpoint belongs to the last interval actually trained (a
+        # snapshot at step == total would never have been taken). Plain runs record it too,
+        # so the analysis pairs every run the same way.
+        last = step - 1 if final and step > 0 else step
+        snapshot_step = (last // interval) * interval
         epoch = step / steps_per_epoch
         save_checkpoint(
             run_dir, model, step=step, epoch=epoch, snapshot_step=snapshot_step, optimizer=opt
@@ -364,7 +374,7 @@ def train(
         bar.update(1)
     bar.close()
     if start < total or not existing:
-        save(total)
+        save(total, final=True)
     return TrainResult(
         run_dir=run_dir,
         steps=total,

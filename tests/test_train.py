@@ -48,9 +48,10 @@ def test_two_epoch_sgd_writes_checkpoints_run_json_and_metrics(tmp_path: Path) -
     assert STEPS_PER_EPOCH == 11 and result.steps == 22
     assert result.checkpoint_steps == [0, 5, 10, 11, 15, 20, 22]
     series = CheckpointSeries(tmp_path)
-    assert series.steps == result.checkpoint_steps and series.pairing == "interval:11"
+    assert series.steps == result.checkpoint_steps and series.pairing == "metadata"
     assert [c.epoch for c in series] == [s / 11 for s in series.steps]
-    assert all(c.snapshot_step is None for c in series)
+    # each state pairs with the last interval start; the final one with the last trained interval
+    assert [c.snapshot_step for c in series] == [0, 0, 0, 11, 11, 11, 11]
     final = series[-1].load()
     assert all(torch.equal(final[k], v) for k, v in model.state_dict().items())
     assert not torch.equal(series[0].load()["fc1.weight"], final["fc1.weight"])
@@ -148,8 +149,9 @@ def test_alpha_svrg_records_snapshots_and_linear_alpha(tmp_path: Path) -> None:
     result = _train(tmp_path, vr="alpha-svrg", alpha=0.75, checkpoint_every=4)
     series = CheckpointSeries(tmp_path)
     assert series.pairing == "metadata"
-    assert [c.snapshot_step for c in series] == [(s // 11) * 11 for s in series.steps]
-    assert [series.snapshot_for(c).step for c in series] == [(s // 11) * 11 for s in series.steps]
+    expected = [(s // 11) * 11 for s in series.steps[:-1]] + [11]  # the end: last interval
+    assert [c.snapshot_step for c in series] == expected
+    assert [series.snapshot_for(c).step for c in series] == expected
     alphas = [r[3] for r in read_metrics(tmp_path) if r[2] == "alpha"]
     assert alphas == [0.75] * 11 + [0.0] * 11  # reference linear decay over 2 intervals
     config = json.loads((tmp_path / "run.json").read_text())

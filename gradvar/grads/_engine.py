@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
 
-from gradvar._utils import RngState, replay_rng
+from gradvar._utils import RngState, capture_rng, replay_rng
 from gradvar.blocks import GradBlock
 from gradvar.grads._closed_form import LinearSlot, closed_form_blocks, find_linear_slots
 from gradvar.grads._loss import LossFn
@@ -54,13 +54,15 @@ class GradientEngine:
         buffers: Mapping[str, Tensor],
         inputs: Tensor,
         targets: Tensor,
-        rng: RngState,
+        rng: RngState | None = None,
     ) -> dict[str, GradBlock]:
-        """Blocks for every parameter in ``param_names``, with randomness replayed from ``rng``.
+        """Blocks for every parameter in ``param_names``, with randomness replayed from ``rng``
+        (default: the current global RNG state).
 
         Both passes (closed form and vmap) start from the same ``rng``, so they see the same
         dropout masks as each other and as any other weight set given the same ``rng``.
         """
+        rng = capture_rng() if rng is None else rng
         out: dict[str, GradBlock] = {}
         if self.slots:
             with replay_rng(rng):
