@@ -116,3 +116,18 @@ def test_fused_moments_equal_separate_reductions(n: int, out: int, inp: int, see
     bad = dense.rows().clone()
     bad[0, 0, 0] = float("nan")
     assert not bool(DenseBlock(bad).finite()[0])
+
+
+def test_per_sample_grads_chunks_draw_independent_dropout_masks() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(6, 32), torch.nn.Dropout(0.5), torch.nn.Linear(32, 3)
+    ).double()
+    x = torch.randn(1, 6, dtype=torch.float64).repeat(8, 1)  # the same example 8 times
+    y = torch.zeros(8, dtype=torch.long)
+    torch.manual_seed(1)
+    rows = per_sample_grads(model, x, y, F.cross_entropy, chunk_size=4)["2.weight"]
+    assert not torch.equal(rows[0], rows[4])  # chunk 2 must not reuse chunk 1's masks
+    torch.manual_seed(1)
+    again = per_sample_grads(model, x, y, F.cross_entropy, chunk_size=4)["2.weight"]
+    assert torch.equal(rows, again)  # reproducible from the global seed

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from gradvar._utils import capture_rng
+from gradvar._data import chunk_rng
 from gradvar.blocks import DenseBlock, GradBlock, OuterBlock
 from gradvar.errors import InvalidArgumentError
 from gradvar.grads._batchnorm import (
@@ -71,15 +71,18 @@ def per_sample_grads(
     engine = GradientEngine(model, loss_fn, names, closed_form=False)
     weights = {k: v.detach() for k, v in known.items()}
     buffers = dict(model.named_buffers())
-    pieces: dict[str, list[Tensor]] = {name: [] for name in names}
-    for start in range(0, n, chunk):
+    # One draw from the global generator seeds every chunk: chunks get independent dropout
+    # masks (replaying one state per chunk would repeat them) and the call is reproducible.
+    base = int(torch.randint(0, 2**40, ()).item())
+    out: dict[str, Tensor] = {}
+    for index, start in enumerate(range(0, n, chunk)):
+        stop = min(start + chunk, n)
         blocks = engine.blocks(
-            weights,
-            buffers,
-            inputs[start : start + chunk],
-            targets[start : start + chunk],
-            capture_rng(),
+            weights, buffers, inputs[start:stop], targets[start:stop], chunk_rng(base, index)
         )
         for name, block in blocks.items():
-            pieces[name].append(block.rows())
-    return {name: torch.cat(rows) for name, rows in pieces.items()}
+            rows = block.rows()
+            if name not in out:  # preallocate: no torch.cat copy of the whole result
+                out[name] = rows.new_empty((n, *rows.shape[1:]))
+            out[name][start:stop] = rows
+    return out
