@@ -253,8 +253,10 @@ class AlphaSVRG(torch.optim.Optimizer):
 
         :meth:`zero_grad` does this; call it yourself right before each micro-batch's forward
         when accumulating gradients, or if ``zero_grad`` is not called right before the forward.
+        Only torch's generators (CPU and CUDA) are recorded: they are what a forward pass
+        draws dropout from (numpy's and Python's are ~20× dearer to capture every step).
         """
-        self._batch_rng = capture_rng()
+        self._batch_rng = capture_rng(torch_only=True)
 
     @contextlib.contextmanager
     def at_snapshot(self, model: nn.Module) -> Iterator[None]:
@@ -282,9 +284,11 @@ class AlphaSVRG(torch.optim.Optimizer):
         copy = grads_alias_buckets(model)
         grads = take_grads(params, copy=copy)
         other_grads = take_grads(others, copy=copy)
-        with torch.no_grad():
-            current = [p.detach().clone() for p in params]
-            torch._foreach_copy_(params, self._snapshot)
+        # Swap storage instead of copying |θ| twice: the parameters (same objects, so DDP and
+        # hooks still see them) point at θ̃'s tensors inside the block, at θ's after it.
+        current = [p.data for p in params]
+        for p, snapshot in zip(params, self._snapshot):
+            p.data = snapshot
         folded = False
         try:
             with preserved_buffers(model), replay_rng(rng):
@@ -292,8 +296,8 @@ class AlphaSVRG(torch.optim.Optimizer):
             self._fold(params, grads)
             folded = self._folded = True
         finally:
-            with torch.no_grad():
-                torch._foreach_copy_(params, current)
+            for p, data in zip(params, current):
+                p.data = data
             if not folded:
                 for p, grad in zip(params, grads):
                     p.grad = grad
