@@ -213,7 +213,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
         records, kind=args.kind, layer=args.layer, per_layer=args.per_layer, metric=args.metric
     )
     save(result.schedule, args.out)
-    print(result.table().to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    table = result.table()
+    table["params"] = table["params"].map(
+        lambda ps: ", ".join(f"{k}={v:.4g}" for k, v in ps.items()) if isinstance(ps, dict) else ps
+    )
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"schedule -> {args.out}")
     return 0
 
