@@ -22,8 +22,10 @@ Per layer L (a group of coordinates) and for the whole model (``__all__``):
 
 Means over coordinates (ρ, α*, GSNR) skip coordinates where the estimator is 0/0: variance
 zero to float64 precision (Var_k ≤ 1e-12 · E[x_k²], e.g. weights of always-zero input
-pixels), or a second moment at the rounding-noise level of the model's dtype
-(E[x_k²] ≤ (64 ε)² · max_k E[x_k²], e.g. attention key biases, whose exact gradient is 0).
+pixels), or a second moment at the rounding-noise level of the model's dtype relative to its
+own parameter tensor (E[x_k²] ≤ (64 ε)² · max over the tensor of E[x²], e.g. attention key
+biases, whose exact gradient is 0). Every metric is computed from per-parameter partial sums
+(:func:`parameter_partials`), so layers and the whole model combine them exactly.
 :func:`optimal_alpha` keeps the reference code's exact estimator for
 users who want it coordinate by coordinate.
 """
@@ -41,6 +43,8 @@ from gradvar.stats import GradientSums
 
 __all__ = [
     "RELATIVE_VARIANCE_FLOOR",
+    "parameter_partials",
+    "combine_partials",
     "layer_metrics",
     "all_metrics",
     "variance_metrics",
@@ -54,38 +58,94 @@ _NAN = float("nan")
 MetricKey = tuple[str, str, "float | None"]  # (layer, metric, alpha or None)
 
 
-def _moments(sums: GradientSums, params: Sequence[str]) -> dict[str, Tensor]:
-    n = sums.tensors["n"]
-    cat = lambda kind: torch.cat([sums.get(kind, p) for p in params])  # noqa: E731
-    out = {"mean_g": cat("g") / n, "msq_g": cat("g2") / n}
-    out["var_g"] = (out["msq_g"] - out["mean_g"] ** 2).clamp_min(0)
-    if sums.paired:
-        out["mean_h"] = cat("h") / n
-        out["msq_h"] = cat("h2") / n
-        out["var_h"] = (out["msq_h"] - out["mean_h"] ** 2).clamp_min(0)
-        out["cov"] = cat("gh") / n - out["mean_g"] * out["mean_h"]
-    return out
-
-
 def _defined(var: Tensor, msq: Tensor, eps: float) -> Tensor:
     noise = (64 * eps) ** 2 * float(msq.max()) if msq.numel() else 0.0
     return (var > RELATIVE_VARIANCE_FLOOR * msq) & (msq > noise)
-
-
-def _mean(x: Tensor) -> float:
-    return float(x.mean()) if x.numel() else _NAN
-
-
-def _masked_mean(values: Tensor, mask: Tensor) -> float:
-    """Mean of ``values`` where ``mask``; NaN/inf outside the mask never enter (no indexing)."""
-    count = int(mask.sum())
-    return float(torch.where(mask, values, 0.0).sum() / count) if count else _NAN
 
 
 def _directional(sum_dir_sq: float, n_dir: float) -> float:
     if n_dir < 2:
         return _NAN
     return 0.5 - (sum_dir_sq - n_dir) / (2 * n_dir * (n_dir - 1))
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den > 0 else _NAN
+
+
+def parameter_partials(sums: GradientSums, param: str, eps: float) -> dict[str, float]:
+    """Additive per-parameter totals every layer metric is built from.
+
+    Sums over the tensor's coordinates of Var(g), Var(h), Cov, ḡ², and of ρ_k, α*_k, GSNR_k
+    with their counts over defined coordinates (the noise floor is relative to this tensor's
+    largest second moment). Computing them once per parameter lets every layer and the whole
+    model combine them without touching the coordinates again.
+    """
+    n = sums.tensors["n"]
+    mean_g = sums.get("g", param) / n
+    msq_g = sums.get("g2", param) / n
+    var_g = (msq_g - mean_g**2).clamp_min(0)
+    ok_g = _defined(var_g, msq_g, eps)
+    gsnr = torch.where(ok_g, mean_g**2 / var_g, 0.0)
+    out = {
+        "coords": float(mean_g.numel()),
+        "var_g": float(var_g.sum()),
+        "norm_sq": float((mean_g**2).sum()),
+        "gsnr": float(gsnr.sum()),
+        "gsnr_n": float(ok_g.sum()),
+    }
+    if not sums.paired:
+        return out
+    mean_h = sums.get("h", param) / n
+    msq_h = sums.get("h2", param) / n
+    var_h = (msq_h - mean_h**2).clamp_min(0)
+    cov = sums.get("gh", param) / n - mean_g * mean_h
+    ok_h = _defined(var_h, msq_h, eps)
+    both = ok_g & ok_h
+    rho = torch.where(both, (cov / (var_g * var_h).sqrt()).clamp(-1.0, 1.0), 0.0)
+    alpha = (cov / (var_h + 1e-24)).clamp(-2.0, 2.0)
+    out.update(
+        var_h=float(var_h.sum()),
+        cov=float(cov.sum()),
+        rho=float(rho.sum()),
+        rho_n=float(both.sum()),
+        alpha=float(torch.where(ok_h, alpha, 0.0).sum()),
+        alpha_n=float(ok_h.sum()),
+        alpha_ref=float(alpha.sum()),
+    )
+    return out
+
+
+def combine_partials(
+    parts: Sequence[Mapping[str, float]],
+    *,
+    sum_dir_sq: float,
+    n_dir: float,
+    alphas: Iterable[float] = (),
+) -> dict[tuple[str, float | None], float]:
+    """Every metric of a layer from its parameters' :func:`parameter_partials`."""
+    total = {key: sum(p[key] for p in parts) for key in parts[0]}
+    m2, norm_sq = total["var_g"], total["norm_sq"]
+    out: dict[tuple[str, float | None], float] = {
+        ("m1_cosine", None): _directional(sum_dir_sq, n_dir),
+        ("m2_total_variance", None): m2,
+        ("grad_norm_sq", None): norm_sq,
+        ("gns_simple", None): _ratio(m2, norm_sq),
+        ("gsnr_mean", None): _ratio(total["gsnr"], total["gsnr_n"]),
+    }
+    if "cov" not in total:
+        return out
+    var_h, cov = total["var_h"], total["cov"]
+    out[("rho_mean", None)] = _ratio(total["rho"], total["rho_n"])
+    out[("rho_layer", None)] = _ratio(cov, (m2 * var_h) ** 0.5)
+    out[("alpha_star_mean", None)] = _ratio(total["alpha"], total["alpha_n"])
+    out[("alpha_star_mean_ref", None)] = _ratio(total["alpha_ref"], total["coords"])
+    out[("alpha_star_layer", None)] = _ratio(cov, var_h)
+    for a in alphas:
+        vr = m2 - 2 * a * cov + a * a * var_h
+        out[("vr_variance", float(a))] = vr
+        out[("vr_variance_ratio", float(a))] = _ratio(vr, m2)
+    return out
 
 
 def layer_metrics(
@@ -103,35 +163,8 @@ def layer_metrics(
     """
     if sums.n == 0:
         raise InvalidArgumentError("no samples were accumulated; the data was empty")
-    m = _moments(sums, params)
-    m2 = float(m["var_g"].sum())
-    norm_sq = float((m["mean_g"] ** 2).sum())
-    ok_g = _defined(m["var_g"], m["msq_g"], eps)
-    out: dict[tuple[str, float | None], float] = {
-        ("m1_cosine", None): _directional(sum_dir_sq, n_dir),
-        ("m2_total_variance", None): m2,
-        ("grad_norm_sq", None): norm_sq,
-        ("gns_simple", None): m2 / norm_sq if norm_sq > 0 else _NAN,
-        ("gsnr_mean", None): _masked_mean(m["mean_g"] ** 2 / m["var_g"], ok_g),
-    }
-    if not sums.paired:
-        return out
-    var_h, cov = m["var_h"], m["cov"]
-    ok_h = _defined(var_h, m["msq_h"], eps)
-    both = ok_g & ok_h
-    rho = (cov / (m["var_g"] * var_h).sqrt()).clamp(-1.0, 1.0)
-    alpha = (cov / (var_h + 1e-24)).clamp(-2.0, 2.0)
-    total_h, total_cov = float(var_h.sum()), float(cov.sum())
-    out[("rho_mean", None)] = _masked_mean(rho, both)
-    out[("rho_layer", None)] = total_cov / (m2 * total_h) ** 0.5 if m2 > 0 and total_h > 0 else _NAN
-    out[("alpha_star_mean", None)] = _masked_mean(alpha, ok_h)
-    out[("alpha_star_mean_ref", None)] = _mean(alpha)
-    out[("alpha_star_layer", None)] = total_cov / total_h if total_h > 0 else _NAN
-    for a in alphas:
-        vr = m2 - 2 * a * total_cov + a * a * total_h
-        out[("vr_variance", float(a))] = vr
-        out[("vr_variance_ratio", float(a))] = vr / m2 if m2 > 0 else _NAN
-    return out
+    parts = [parameter_partials(sums, p, eps) for p in params]
+    return combine_partials(parts, sum_dir_sq=sum_dir_sq, n_dir=n_dir, alphas=alphas)
 
 
 def all_metrics(
@@ -143,28 +176,26 @@ def all_metrics(
     eps: float = torch.finfo(torch.float32).eps,
 ) -> dict[MetricKey, float]:
     """Metrics of every layer of ``sums.groups`` and of the whole model (``whole_model``)."""
+    if sums.n == 0:
+        raise InvalidArgumentError("no samples were accumulated; the data was empty")
     alphas = list(alphas)
+    parts = {p: parameter_partials(sums, p, eps) for p in sums.shapes}
     out: dict[MetricKey, float] = {}
     for layer, params in sums.groups.items():
         dir_sq = sum(float((sums.tensors[f"dir/{layer}/{p}"] ** 2).sum()) for p in params)
-        values = layer_metrics(
-            sums,
-            params,
+        values = combine_partials(
+            [parts[p] for p in params],
             sum_dir_sq=dir_sq,
             n_dir=float(sums.tensors[f"n_dir/{layer}"]),
             alphas=alphas,
-            eps=eps,
         )
         out.update({(layer, metric, a): v for (metric, a), v in values.items()})
-    every = list(sums.shapes)
-    dir_sq = sum(float((sums.get("dir_model", p) ** 2).sum()) for p in every)
-    values = layer_metrics(
-        sums,
-        every,
+    dir_sq = sum(float((sums.get("dir_model", p) ** 2).sum()) for p in sums.shapes)
+    values = combine_partials(
+        list(parts.values()),
         sum_dir_sq=dir_sq,
         n_dir=float(sums.tensors["n_dir_model"]),
         alphas=alphas,
-        eps=eps,
     )
     out.update({(whole_model, metric, a): v for (metric, a), v in values.items()})
     if top_eigenvalues is not None:

@@ -64,8 +64,17 @@ def flat(rows: Mapping[str, Tensor], names: list[str]) -> Tensor:
     return torch.cat([rows[k].reshape(rows[k].shape[0], -1) for k in names], 1).double()
 
 
-def stats(g: Tensor, h: Tensor | None, alphas=(1.0,)) -> dict[str, float]:
-    """Every metric from rows by definition."""
+def sizes(rows: Mapping[str, Tensor], names: list[str]) -> list[int]:
+    """Coordinates per parameter, in ``flat``'s order."""
+    return [rows[k][0].numel() for k in names]
+
+
+def stats(
+    g: Tensor, h: Tensor | None, alphas=(1.0,), segments: list[int] | None = None
+) -> dict[str, float]:
+    """Every metric from rows by definition; ``segments``: coordinates per parameter tensor
+    (the noise floor of the mean-of-ratio estimators is relative to each tensor)."""
+    segments = segments if segments is not None else [g.shape[1]]
     n = g.shape[0]
     out: dict[str, float] = {}
     cos = []
@@ -82,14 +91,14 @@ def stats(g: Tensor, h: Tensor | None, alphas=(1.0,)) -> dict[str, float]:
     out["grad_norm_sq"] = float(mean @ mean)
     out["gns_simple"] = out["m2_total_variance"] / out["grad_norm_sq"]
     var_g = ((g - mean) ** 2).mean(0)
-    ok_g = _defined(var_g, (g * g).mean(0))
+    ok_g = _defined(var_g, (g * g).mean(0), segments)
     out["gsnr_mean"] = float((mean[ok_g] ** 2 / var_g[ok_g]).mean())
     if h is None:
         return out
     hmean = h.mean(0)
     var_h = ((h - hmean) ** 2).mean(0)
     cov = ((g - mean) * (h - hmean)).mean(0)
-    ok_h = _defined(var_h, (h * h).mean(0))
+    ok_h = _defined(var_h, (h * h).mean(0), segments)
     both = ok_g & ok_h
     out["rho_mean"] = float((cov[both] / (var_g[both] * var_h[both]).sqrt()).clamp(-1, 1).mean())
     out["rho_layer"] = float(cov.sum() / (var_g.sum() * var_h.sum()).sqrt())
@@ -104,7 +113,10 @@ def stats(g: Tensor, h: Tensor | None, alphas=(1.0,)) -> dict[str, float]:
     return out
 
 
-def _defined(var: Tensor, msq: Tensor) -> Tensor:
+def _defined(var: Tensor, msq: Tensor, segments: list[int]) -> Tensor:
     """Coordinates where mean-of-ratio estimators are not 0/0 (see gradvar.metrics)."""
     eps = torch.finfo(torch.float64).eps
-    return (var > 1e-12 * msq) & (msq > (64 * eps) ** 2 * msq.max())
+    ok = []
+    for v, m in zip(var.split(segments), msq.split(segments)):
+        ok.append((v > 1e-12 * m) & (m > (64 * eps) ** 2 * m.max()))
+    return torch.cat(ok)

@@ -40,7 +40,9 @@ def test_probe_on_cuda_matches_the_backward_loop_on_cuda(arch: str) -> None:
     rows_h = reference.loop_grads(model, F.cross_entropy, x, y, state=snapshot)
     names = list(rows_g)
     expected = reference.stats(
-        reference.flat(rows_g, names).cpu(), reference.flat(rows_h, names).cpu()
+        reference.flat(rows_g, names).cpu(),
+        reference.flat(rows_h, names).cpu(),
+        segments=reference.sizes(rows_g, names),
     )
     table = result.table()
     for metric in [

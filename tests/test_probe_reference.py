@@ -44,6 +44,7 @@ def _compare(result, rows_g, rows_h, metrics, groups):
             reference.flat(rows_g, names),
             None if rows_h is None else reference.flat(rows_h, names),
             alphas=(0.5, 1.0),
+            segments=reference.sizes(rows_g, names),
         )
         got = _probe_values(result, layer)
         for metric in metrics:
