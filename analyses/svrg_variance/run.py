@@ -112,7 +112,7 @@ def full_train_loss(model: torch.nn.Module) -> float:
 
 def minibatch_rows(engine: grads.GradientEngine, weights: dict[str, torch.Tensor]) -> torch.Tensor:
     """Gradients of the metric set's M mini-batches at ``weights``: [M, d] (d = 232 568)."""
-    blocks = engine.blocks(weights, {}, metric_x, metric_y, grads.capture_rng())  # no dropout
+    blocks = engine.blocks(weights, {}, metric_x, metric_y)  # no dropout: current RNG state
     return torch.cat([block.rows().reshape(block.n, -1) for block in blocks.values()], dim=1)
 
 
