@@ -18,15 +18,15 @@ range. CUDA: synchronise before and after each epoch only (no syncs inside the t
 Overhead breakdown (on unless ``--no-breakdown``): a few more instrumented epoch of each kind
 with a timer around every phase (CUDA: synchronised around every phase, so it adds sync latency
 but attributes GPU time to the phase that queued it): zero_grad, fwd+bwd g, at_snapshot entry
-(stash .grad, clone θ, copy θ̃ in, save buffers, replay RNG), fwd+bwd h, at_snapshot exit (fold
-g − αh, copy θ back, restore RNG), the correction (+αμ̃; cache mode also −αh_i) and the base step,
-plus the refresh_snapshot pass. Reported in µs per step (refresh: per batch), median of the
-instrumented epochs, with AlphaSVRG's own per-step time (its zero_grad excess, at_snapshot entry
-and exit, use_cached, correction) as a share of a base step.
+(stash .grad, swap θ̃'s storage in, save buffers, replay torch's RNG), fwd+bwd h, at_snapshot
+exit (fold g − αh, swap θ back, restore RNG), the correction (+αμ̃; cache mode also −αh_i)
+and the base step, plus the refresh_snapshot pass. Reported in µs per step (refresh: per
+batch), median of the instrumented epochs, with AlphaSVRG's own per-step time (its zero_grad
+excess, at_snapshot entry and exit, use_cached, correction) as a share of a base step.
 
-``--proposed`` adds svrg*/cache*: the same epochs with prototypes of the fixes recommended in
-OPTIM_RESULTS.md patched onto one instance (checked bit-identical first). ``--micro`` times the
-bookkeeping pieces (RNG capture/restore, clone/copy/add over θ) alone.
+``--micro`` times the bookkeeping pieces (RNG capture/restore, clone/copy/swap/add over θ)
+alone. (The svrg*/cache* columns of BENCHMARKS.md came from a ``--proposed`` mode that patched
+in prototypes of two fixes; both are in gradvar now, so the mode is gone.)
 
 Usage::
 
@@ -42,7 +42,6 @@ import os
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # must precede `import torch`
 
 import argparse  # noqa: E402
-import contextlib  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
@@ -65,77 +64,8 @@ import gradvar  # noqa: E402
 from gradvar.zoo import build_model  # noqa: E402
 
 KINDS = ("base", "svrg", "cache")
-PROPOSED_KINDS = ("svrg*", "cache*")
 BUDGET = 64 * 2**30  # cache budget: the benchmark sizes N so the cache fits
-IDEAL = {"base": 1.0, "svrg": 3.0, "cache": 2.0, "svrg*": 3.0, "cache*": 2.0}
-
-
-# ---------------------------------------------------------------------------- --proposed
-# Prototypes of the fixes recommended in OPTIM_RESULTS.md, patched onto ONE AlphaSVRG instance
-# (gradvar itself is not modified): (1) torch-only RNG bookkeeping: mark_batch/at_snapshot
-# capture and replay only torch's CPU (+CUDA) generator, not numpy's and Python's (those cost
-# ~35 µs and ~10 µs per get/set on CPU, ~170 µs per step in all); (2) at_snapshot swaps each
-# parameter's storage with θ̃ (``p.data = θ̃_i`` ... ``p.data = θ_i``): no clone and no copies.
-
-
-def _torch_rng() -> tuple:
-    cuda = ()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        cuda = tuple(torch.cuda.get_rng_state_all())
-    return torch.get_rng_state(), cuda
-
-
-def _set_torch_rng(state: tuple) -> None:
-    torch.set_rng_state(state[0])
-    if state[1]:
-        torch.cuda.set_rng_state_all(list(state[1]))
-
-
-def patch_proposed(opt: gradvar.AlphaSVRG) -> None:
-    from gradvar.optim._snapshot import (
-        grads_alias_buckets,
-        other_parameters,
-        preserved_buffers,
-        take_grads,
-    )
-
-    def mark_batch() -> None:
-        opt._batch_rng = _torch_rng()
-
-    @contextlib.contextmanager
-    def at_snapshot(model: nn.Module):
-        params = opt._params()
-        opt._check_snapshot(params, "at_snapshot")
-        others = other_parameters(model, params)
-        rng, opt._batch_rng = opt._batch_rng, None
-        copy = grads_alias_buckets(model)
-        grads = take_grads(params, copy=copy)
-        other_grads = take_grads(others, copy=copy)
-        current = [p.data for p in params]
-        for p, s in zip(params, opt._snapshot):
-            p.data = s
-        folded = False
-        outer = _torch_rng()
-        try:
-            with preserved_buffers(model):
-                _set_torch_rng(rng)
-                try:
-                    yield
-                finally:
-                    _set_torch_rng(outer)
-            opt._fold(params, grads)
-            folded = opt._folded = True
-        finally:
-            for p, c in zip(params, current):
-                p.data = c
-            if not folded:
-                for p, grad in zip(params, grads):
-                    p.grad = grad
-            for p, grad in zip(others, other_grads):
-                p.grad = grad
-
-    opt.mark_batch = mark_batch  # type: ignore[method-assign]
-    opt.at_snapshot = at_snapshot  # type: ignore[method-assign]
+IDEAL = {"base": 1.0, "svrg": 3.0, "cache": 2.0}
 
 
 # ---------------------------------------------------------------------------- setup
@@ -215,8 +145,6 @@ class Case:
         # two wrappers around two separate bases would double optimizer state; one base is
         # enough since every epoch kind only needs *an* optimizer of that type to step.
         self.svrg = gradvar.AlphaSVRG(make_base(opt_name, params), alpha=0.75)
-        self.fixed = gradvar.AlphaSVRG(make_base(opt_name, params), alpha=0.75)
-        patch_proposed(self.fixed)
         self.loss_fn = F.cross_entropy
 
     def sync(self) -> None:
@@ -252,29 +180,11 @@ class Case:
             opt.step()
         opt._cache = None  # free the cache between rounds (the next refresh does too)
 
-    def check_proposed(self, opt_name: str) -> float:
-        """Max |Δθ| after one svrg epoch and one cache epoch, current code vs --proposed."""
-        start = {k: v.clone() for k, v in self.model.state_dict().items()}
-        finals = []
-        for patched in (False, True):
-            self.model.load_state_dict(start)
-            opt = gradvar.AlphaSVRG(make_base(opt_name, self.model.parameters()), alpha=0.75)
-            if patched:
-                patch_proposed(opt)
-            torch.manual_seed(3)
-            self.epoch_svrg(opt)
-            self.epoch_cache(opt)
-            finals.append([p.detach().clone() for p in self.model.parameters()])
-        self.model.load_state_dict(start)
-        return max((a - b).abs().max().item() for a, b in zip(*finals))
-
     def run(self, kind: str) -> float:
         fn = {
             "base": self.epoch_base,
             "svrg": self.epoch_svrg,
             "cache": self.epoch_cache,
-            "svrg*": lambda: self.epoch_svrg(self.fixed),
-            "cache*": lambda: self.epoch_cache(self.fixed),
         }[kind]
         self.sync()
         t0 = time.perf_counter()
@@ -285,7 +195,7 @@ class Case:
     # -- instrumented epochs (breakdown) --------------------------------------------------
 
     def breakdown(self, kind: str) -> dict[str, float]:
-        """Seconds per phase for one instrumented epoch of ``kind`` (``*``: --proposed)."""
+        """Seconds per phase for one instrumented epoch of ``kind``."""
         model, loss_fn, sync = self.model, self.loss_fn, self.sync
         acc: dict[str, float] = defaultdict(float)
         clock = time.perf_counter
@@ -308,8 +218,7 @@ class Case:
                 opt.step()
                 t = lap("base step", t)
             return dict(acc)
-        opt = self.fixed if kind.endswith("*") else self.svrg
-        kind = kind.rstrip("*")
+        opt = self.svrg
         opt.refresh_snapshot(
             model, self.batches, loss_fn, cache=kind == "cache", max_cache_bytes=BUDGET
         )
@@ -370,7 +279,10 @@ def _micro_model(name: str, device: str, quick: bool, n: int, best: Callable) ->
     snap = [p.clone() for p in ps]
     k = max(5, n // 50) if name == "mlp_big" else n
     return [
-        (f"{name}: clone θ (at_snapshot entry)", best(lambda: [p.clone() for p in ps], k)),
+        (
+            f"{name}: clone θ (at_snapshot entry before the swap)",
+            best(lambda: [p.clone() for p in ps], k),
+        ),
         (
             f"{name}: _foreach_copy_ θ̃→θ (×2 per step)",
             best(lambda: torch._foreach_copy_(ps, snap), k),
@@ -379,7 +291,7 @@ def _micro_model(name: str, device: str, quick: bool, n: int, best: Callable) ->
             f"{name}: _foreach_add_ g += α·x (fold, +αμ̃)",
             best(lambda: add_mean_grads_(ps, snap, 1e-30), k),
         ),
-        (f"{name}: p.data swap in+out (proposed)", best(lambda: _swap(ps, snap), k)),
+        (f"{name}: p.data swap in+out (at_snapshot now)", best(lambda: _swap(ps, snap), k)),
     ]
 
 
@@ -408,6 +320,7 @@ def micro(device: str, quick: bool) -> None:
 
     n = 50 if quick else 500
     state = capture_rng()
+    torch_only = lambda: capture_rng(torch_only=True)  # noqa: E731
     np_state, py_state = np.random.get_state(), random.getstate()
     rows = [
         ("capture_rng() (torch+cuda+numpy+python)", best(capture_rng, n)),
@@ -416,7 +329,7 @@ def micro(device: str, quick: bool) -> None:
         ("  of which np.random.set_state()", best(lambda: np.random.set_state(np_state), n)),
         ("  of which random.getstate()", best(random.getstate, n)),
         ("  of which random.setstate()", best(lambda: random.setstate(py_state), n)),
-        ("torch-only capture (proposed)", best(_torch_rng, n)),
+        ("capture_rng(torch_only=True) (per step now)", best(torch_only, n)),
     ]
     for name in ("mlp4", "mlp_big"):
         rows += _micro_model(name, device, quick, n, best)
@@ -443,11 +356,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (CPU)")
     ap.add_argument("--no-breakdown", action="store_true")
-    ap.add_argument(
-        "--proposed",
-        action="store_true",
-        help="also time svrg*/cache*: prototypes of the recommended fixes",
-    )
     ap.add_argument("--breakdown-repeat", type=int, default=3)
     ap.add_argument(
         "--micro", action="store_true", help="also time the wrapper's bookkeeping pieces alone"
@@ -495,8 +403,6 @@ def main(argv: list[str] | None = None) -> int:
         "| model (params) | base opt | N | base ms/step | svrg ratio (ideal 3) | over 3× |"
         " cache ratio (ideal 2) | over 2× |"
     )
-    if args.proposed:
-        head += " svrg* ratio | over 3× | cache* ratio | over 2× |"
     sep = "|" + "---|" * (head.count("|") - 1)
     print(head + "\n" + sep, flush=True)
     t_start = time.perf_counter()
@@ -504,18 +410,10 @@ def main(argv: list[str] | None = None) -> int:
         for opt_name in opts:
             n = default_n[model_name]
             case = Case(model_name, opt_name, batch, n, args.device, args.quick)
-            kinds = KINDS + (PROPOSED_KINDS if args.proposed else ())
-            if args.proposed:
-                diff = case.check_proposed(opt_name)
-                print(
-                    f"{model_name}/{opt_name}: --proposed vs current, max |Δθ| after a svrg "
-                    f"and a cache epoch = {diff:.3g}",
-                    flush=True,
-                )
+            kinds = KINDS
             times = measure(case, repeat, args.warmup, kinds)
             ratios = {k: [t / b for t, b in zip(times[k], times["base"])] for k in kinds[1:]}
             rec: dict[str, Any] = {
-                "proposed_max_abs_diff": diff if args.proposed else None,
                 "model": model_name,
                 "opt": opt_name,
                 "batches": n,
@@ -554,8 +452,6 @@ def main(argv: list[str] | None = None) -> int:
         "| model (params) | base opt | N | base ms/step | svrg ratio (ideal 3) | over 3× |"
         " cache ratio (ideal 2) | over 2× |"
     )
-    if args.proposed:
-        head += " svrg* ratio | over 3× | cache* ratio | over 2× |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for row in rows:

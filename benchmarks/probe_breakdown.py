@@ -10,19 +10,17 @@ Phases (wall-clock, summed over chunks, median over ``--repeat`` runs):
     metrics      all_metrics (per-layer and whole-model metrics from the sums)
 
 ``--proposed`` monkeypatches gradvar with prototypes of the fixes recommended in BENCHMARKS.md
-(it does not edit gradvar) and first checks that every metric agrees with the unpatched code:
+that are not in gradvar yet (it does not edit gradvar) and first checks that every metric
+agrees with the unpatched code:
 
-    1. DenseBlock/OuterBlock cache ``norms_sq()`` (n floats) and ``finite()`` reads
-       ``isfinite(norms_sq)`` instead of ``isfinite`` over all n × d entries;
-    2. GradientSums.update reads each DenseBlock once, in cache-sized column slabs converted to
-       float64 (instead of ~9 float64 copies of the whole [n, d] block and their products),
-       and gets Σg and every directional sum from one matmul with stacked weights;
-    3. layer_metrics averages over masks with ``torch.where`` sums instead of boolean indexing;
-    4. GramStore.top_eigenvalues: one batched ``eigvalsh`` for all layers and the whole model;
-    5. Probe._finite: one device sync per chunk (stack the per-parameter masks) instead of one
-       per parameter;
-    6. GradientEngine.blocks skips the vmap pass and its RNG replay when no parameter is left
-       for it (an all-Linear model), saving a capture/restore of every RNG per chunk.
+    1. GramStore.top_eigenvalues: one batched ``eigvalsh`` for all layers and the whole model;
+    2. Probe._finite: one device sync per chunk (stack the per-parameter masks) instead of one
+       per parameter.
+
+The other fixes measured here earlier (cached norms and the finite check from them, fused
+block moments, masked metric means, no empty vmap pass) are in gradvar now, so their
+prototypes are gone; so is the float32-products prototype, which was built on them (its
+figures in BENCHMARKS.md come from this script at commit 6f8fad9).
 
     THP_MEM_ALLOC_ENABLE=1 python benchmarks/probe_breakdown.py --model mlp --threads 1
     THP_MEM_ALLOC_ENABLE=1 python benchmarks/probe_breakdown.py --vmap --chunk-size 64 --proposed
@@ -55,13 +53,9 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 import bench_probe  # noqa: E402
 
 import gradvar  # noqa: E402
-from gradvar import blocks as gv_blocks  # noqa: E402
-from gradvar import metrics as gv_metrics  # noqa: E402
 from gradvar import probe as gv_probe  # noqa: E402
 from gradvar import spectrum as gv_spectrum  # noqa: E402
-from gradvar import stats as gv_stats  # noqa: E402
 from gradvar.blocks import cat_blocks  # noqa: E402
-from gradvar.grads import _engine as gv_engine  # noqa: E402
 
 _F64 = torch.float64
 PHASES = {
@@ -102,98 +96,6 @@ def phase_timers(totals: dict[str, float], device: str) -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------- proposed fixes
-def _cached_norms_sq(original: Any) -> Any:
-    def norms_sq(self: Any) -> torch.Tensor:
-        cached = self.__dict__.get("_norms_sq_cache")
-        if cached is None:
-            cached = original(self)
-            self.__dict__["_norms_sq_cache"] = cached
-        return cached
-
-    return norms_sq
-
-
-def _finite_from_norms(self: Any) -> torch.Tensor:
-    # ‖g_i‖² in float64 of float32 entries is finite iff every entry is (no overflow possible).
-    return torch.isfinite(self.norms_sq())
-
-
-def _dense_norms_sq(self: Any) -> torch.Tensor:
-    rows = self.rows().reshape(self.n, -1)
-    return torch.linalg.vector_norm(rows, dim=1, dtype=_F64) ** 2
-
-
-def _dense_moments(
-    t: dict[str, torch.Tensor],
-    p: str,
-    g: Any,
-    h: Any,
-    weights: torch.Tensor,
-    keys: list[str],
-    slab_bytes: int | None = None,
-) -> None:
-    """Σ w_k g (k = 0: Σg), Σg², Σh, Σh², Σgh of DenseBlocks, over cache-sized column slabs.
-
-    Each slab of ``n × cols`` float32 entries is converted to float64 once (about 4 MiB on CPU,
-    so it stays in cache; the whole block on a GPU), instead of ~9 float64 copies of ``[n, d]``.
-    """
-    n = g.n
-    rows = g.rows().reshape(n, -1)
-    hrows = h.rows().reshape(n, -1) if h is not None else None
-    if slab_bytes is None:  # cache-sized on CPU; one slab on a GPU (kernel launches dominate)
-        slab_bytes = 1 << 22 if rows.device.type == "cpu" else 1 << 62
-    acc = {k: t[k].view(-1) for k in keys}
-    g2 = t[f"g2/{p}"].view(-1)
-    step = max(256, slab_bytes // (8 * n))
-    for j in range(0, rows.shape[1], step):
-        f = rows[:, j : j + step].to(_F64)
-        sums = weights @ f
-        for i, key in enumerate(keys):
-            acc[key][j : j + step] += sums[i]
-        g2[j : j + step] += (f * f).sum(0)
-        if hrows is not None:
-            fh = hrows[:, j : j + step].to(_F64)
-            t[f"h/{p}"].view(-1)[j : j + step] += fh.sum(0)
-            t[f"h2/{p}"].view(-1)[j : j + step] += (fh * fh).sum(0)
-            t[f"gh/{p}"].view(-1)[j : j + step] += (f * fh).sum(0)
-
-
-def _fast_update(self: Any, current: Any, snapshot: Any = None) -> None:
-    """GradientSums.update: DenseBlocks read once in float64 slabs; stacked weight matmuls."""
-    if self.paired and snapshot is None:
-        raise gv_stats.InvalidArgumentError("these sums are paired; update() needs snapshot blocks")
-    t = self.tensors
-    norms_sq = {p: b.norms_sq() for p, b in current.items()}
-    n = next(iter(current.values())).n
-    t["n"] += n
-    model_w = gv_stats._inverse_norms(sum(norms_sq.values()))
-    t["n_dir_model"] += (model_w > 0).sum()
-    layer_w = {}
-    for layer, names in self.groups.items():
-        layer_w[layer] = gv_stats._inverse_norms(sum(norms_sq[p] for p in names))
-        t[f"n_dir/{layer}"] += (layer_w[layer] > 0).sum()
-    for p, g in current.items():
-        layers = [layer for layer, names in self.groups.items() if p in names]
-        keys = [f"g/{p}", *(f"dir/{layer}/{p}" for layer in layers), f"dir_model/{p}"]
-        weights = torch.stack([torch.ones_like(model_w), *(layer_w[x] for x in layers), model_w])
-        h = snapshot[p] if snapshot is not None and self.paired else None
-        if isinstance(g, gv_blocks.DenseBlock):
-            _dense_moments(t, p, g, h, weights, keys)
-            continue
-        assert isinstance(g, gv_blocks.OuterBlock)
-        d, a = g._factors()
-        k, out = weights.shape[0], d.shape[1]
-        stacked = (weights.T.to(d.dtype)[:, :, None] * d[:, None, :]).reshape(n, k * out)
-        sums = (stacked.T @ a).to(_F64).reshape(k, out, a.shape[1])
-        for i, key in enumerate(keys):
-            t[key] += sums[i]
-        t[f"g2/{p}"] += g.sum_sq()
-        if h is not None:
-            t[f"h/{p}"] += h.sum()
-            t[f"h2/{p}"] += h.sum_sq()
-            t[f"gh/{p}"] += g.sum_cross(h)
-
-
 def _batched_top_eigenvalues(self: Any, groups: Any) -> dict[Any, float]:
     """GramStore.top_eigenvalues with one batched eigvalsh call for all layers and the model."""
     grams = {name: cat_blocks(parts).gram() for name, parts in self.blocks.items()}
@@ -222,149 +124,13 @@ def _one_sync_finite(self: Any, blocks: Any, which: str, index: int) -> torch.Te
 _original_finite = gv_probe.Probe._finite
 
 
-def _engine_blocks(
-    self: Any, params: Any, buffers: Any, inputs: Any, targets: Any, rng: Any
-) -> dict[str, Any]:
-    """GradientEngine.blocks that skips the vmap pass (and its RNG replay) when it has no work."""
-    out: dict[str, Any] = {}
-    if self.slots:
-        with gv_engine.replay_rng(rng):
-            closed, bad = gv_engine.closed_form_blocks(
-                self.model, self.loss_fn, params, buffers, self.slots, inputs, targets,
-                self.unit_size,
-            )  # fmt: skip
-        if bad:
-            self.slots = [s for s in self.slots if s not in bad]
-            closed = {k: v for k, v in closed.items() if k in self.closed_form_params}
-        out.update(closed)
-    rest = [n for n in self.param_names if n not in out]
-    if rest:
-        with gv_engine.replay_rng(rng):
-            out.update(
-                gv_engine.vmap_blocks(
-                    self.model,
-                    self.loss_fn,
-                    params,
-                    buffers,
-                    rest,
-                    inputs,
-                    targets,
-                    self.unit_size,
-                )  # fmt: skip
-            )
-    return {name: out[name] for name in self.param_names}
-
-
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
-    """Mean of ``x`` over ``mask``; ``x`` is a temporary and is overwritten."""
-    count = int(mask.sum())
-    return float(x.masked_fill_(~mask, 0.0).sum() / count) if count else math.nan
-
-
-def _fast_layer_metrics(
-    sums: Any,
-    params: Any,
-    *,
-    sum_dir_sq: float,
-    n_dir: float,
-    alphas: Any = (),
-    eps: float = torch.finfo(torch.float32).eps,
-) -> dict[tuple[str, float | None], float]:
-    """gradvar.metrics.layer_metrics with masked sums (in place) instead of boolean indexing."""
-    if sums.n == 0:
-        raise gv_metrics.InvalidArgumentError("no samples were accumulated; the data was empty")
-    m = gv_metrics._moments(sums, params)
-    var_g = m["var_g"]
-    m2 = float(var_g.sum())
-    norm_sq = float((m["mean_g"] ** 2).sum())
-    ok_g = gv_metrics._defined(var_g, m["msq_g"], eps)
-    nan = math.nan
-    gsnr = m["mean_g"] ** 2
-    out: dict[tuple[str, float | None], float] = {
-        ("m1_cosine", None): gv_metrics._directional(sum_dir_sq, n_dir),
-        ("m2_total_variance", None): m2,
-        ("grad_norm_sq", None): norm_sq,
-        ("gns_simple", None): m2 / norm_sq if norm_sq > 0 else nan,
-        ("gsnr_mean", None): _masked_mean(torch.div(gsnr, var_g, out=gsnr), ok_g),
-    }
-    if not sums.paired:
-        return out
-    var_h, cov = m["var_h"], m["cov"]
-    ok_h = gv_metrics._defined(var_h, m["msq_h"], eps)
-    rho = (var_g * var_h).sqrt_()
-    rho = torch.div(cov, rho, out=rho).clamp_(-1.0, 1.0)
-    out[("rho_mean", None)] = _masked_mean(rho, ok_g & ok_h)
-    del rho
-    alpha = var_h + 1e-24
-    alpha = torch.div(cov, alpha, out=alpha).clamp_(-2.0, 2.0)
-    out[("alpha_star_mean_ref", None)] = float(alpha.mean())
-    total_h, total_cov = float(var_h.sum()), float(cov.sum())
-    out[("rho_layer", None)] = total_cov / (m2 * total_h) ** 0.5 if m2 > 0 and total_h > 0 else nan
-    out[("alpha_star_mean", None)] = _masked_mean(alpha, ok_h)
-    out[("alpha_star_layer", None)] = total_cov / total_h if total_h > 0 else nan
-    for a in alphas:
-        vr = m2 - 2 * a * total_cov + a * a * total_h
-        out[("vr_variance", float(a))] = vr
-        out[("vr_variance_ratio", float(a))] = vr / m2 if m2 > 0 else nan
-    return out
-
-
-def _outer_native(self: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    return self.delta, self.act
-
-
-@contextlib.contextmanager
-def fp32_products() -> Iterator[None]:
-    """Precision trade-off (not a free fix): OuterBlock's per-chunk matmuls in the gradient dtype.
-
-    Σg, Σg², Σh, Σh², Σgh and the directional sums of each chunk come from float32 matmuls
-    (float32 accumulation over the chunk's n samples) and are then added into the float64
-    totals; norms and the Gram matrix stay float64.
-    """
-    ob = gv_blocks.OuterBlock
-
-    def wrap(method: Any) -> Any:
-        def native(self: Any, *args: Any) -> torch.Tensor:
-            with patched(ob, "_factors", _outer_native):
-                return method(self, *args).to(_F64)
-
-        return native
-
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(proposed_fixes())
-        for name in ("sum", "sum_sq", "sum_cross"):
-            stack.enter_context(patched(ob, name, wrap(getattr(ob, name))))
-        stack.enter_context(patched(gv_stats.GradientSums, "update", _fp32_update))
-        yield
-
-
-def _fp32_update(self: Any, current: Any, snapshot: Any = None) -> None:
-    for block in current.values():
-        block.norms_sq()  # computed (float64) and cached before the factors go native
-    with patched(gv_blocks.OuterBlock, "_factors", _outer_native):
-        _fast_update(self, current, snapshot)
-
-
 @contextlib.contextmanager
 def proposed_fixes() -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         stack.enter_context(
-            patched(gv_blocks.DenseBlock, "norms_sq", _cached_norms_sq(_dense_norms_sq))
-        )
-        stack.enter_context(
-            patched(
-                gv_blocks.OuterBlock, "norms_sq", _cached_norms_sq(gv_blocks.OuterBlock.norms_sq)
-            )
-        )
-        for cls in (gv_blocks.DenseBlock, gv_blocks.OuterBlock):
-            stack.enter_context(patched(cls, "finite", _finite_from_norms))
-        stack.enter_context(patched(gv_stats.GradientSums, "update", _fast_update))
-        stack.enter_context(
             patched(gv_spectrum.GramStore, "top_eigenvalues", _batched_top_eigenvalues)
         )
         stack.enter_context(patched(gv_probe.Probe, "_finite", _one_sync_finite))
-        stack.enter_context(patched(gv_engine.GradientEngine, "blocks", _engine_blocks))
-        stack.enter_context(patched(gv_metrics, "layer_metrics", _fast_layer_metrics))
         yield
 
 
@@ -381,11 +147,6 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--proposed", action="store_true", help="also time the proposed fixes")
-    p.add_argument(
-        "--fp32-products",
-        action="store_true",
-        help="also time the proposed fixes + float32 per-chunk matmuls (precision trade-off)",
-    )
     p.add_argument(
         "--peak",
         action="store_true",
@@ -414,8 +175,6 @@ def main() -> None:
     variants: dict[str, Any] = {"current": contextlib.nullcontext}
     if args.proposed:
         variants["proposed"] = proposed_fixes
-    if args.fp32_products:
-        variants["proposed + fp32 products"] = fp32_products
     if args.peak_variant is not None:  # worker: one variant's peak memory
         with variants[args.peak_variant]():
             make_probe(bench_probe.build(args.model, 8, args.device, args.width))()
