@@ -24,15 +24,6 @@ from gradvar.checkpoints import (
 from gradvar.errors import CheckpointError, InvalidArgumentError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: extra intra-op threads only add contention on shared CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _model(seed: int = 0, hidden: int = 5) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(3, hidden), nn.ReLU(), nn.Linear(hidden, 2))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -18,18 +17,6 @@ from gradvar.zoo import augment, build_model, load_dataset
 
 SPEC = {"name": "mlp2", "seed": 0, "kwargs": {"in_features": 64, "num_classes": 10}}
 STEPS_PER_EPOCH = 1500 // 128  # digits train split, drop_last
-needs_optim = pytest.mark.skipif(
-    importlib.util.find_spec("gradvar.optim") is None, reason="gradvar.optim not written yet"
-)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: extra intra-op threads only add contention on shared CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _model(dropout: float = 0.0, seed: int = 0) -> nn.Module:
@@ -144,7 +131,6 @@ def test_adamw_runs(tmp_path: Path) -> None:
     assert result.epoch_losses[1] < result.epoch_losses[0]
 
 
-@needs_optim
 def test_alpha_svrg_records_snapshots_and_linear_alpha(tmp_path: Path) -> None:
     result = _train(tmp_path, vr="alpha-svrg", alpha=0.75, checkpoint_every=4)
     series = CheckpointSeries(tmp_path)
@@ -159,7 +145,6 @@ def test_alpha_svrg_records_snapshots_and_linear_alpha(tmp_path: Path) -> None:
     assert result.epoch_losses[1] < result.epoch_losses[0]
 
 
-@needs_optim
 def test_svrg_uses_alpha_one_and_alpha_zero_is_plain_sgd(tmp_path: Path) -> None:
     _train(tmp_path / "svrg", vr="svrg", epochs=1)
     assert {r[3] for r in read_metrics(tmp_path / "svrg") if r[2] == "alpha"} == {1.0}
@@ -176,7 +161,6 @@ def test_svrg_uses_alpha_one_and_alpha_zero_is_plain_sgd(tmp_path: Path) -> None
         assert torch.equal(zero_model.state_dict()[key], value), key
 
 
-@needs_optim
 def test_alpha_svrg_resume_mid_interval_is_exact(tmp_path: Path) -> None:
     full_model = _model(dropout=0.2)
     full = _train(tmp_path / "full", full_model, vr="alpha-svrg", checkpoint_every=4)

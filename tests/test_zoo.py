@@ -25,15 +25,6 @@ from gradvar.zoo import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: extra intra-op threads only add contention on shared CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _linear_widths(model: nn.Module) -> list[int]:
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     return [linears[0].in_features] + [m.out_features for m in linears]
