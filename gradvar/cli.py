@@ -164,9 +164,10 @@ def _analyze_records(args: argparse.Namespace):
 def cmd_analyze(args: argparse.Namespace) -> int:
     records = _analyze_records(args)
     print(f"{records['checkpoint'].nunique()} checkpoints, {len(records)} records -> {args.out}")
+    from gradvar.records import off_snapshot
+
     # Show the last checkpoint that is not itself a snapshot (there rho = alpha* = 1 exactly).
-    away = records[records["step"] != records["snapshot_step"]]
-    pool = away if not away.empty else records
+    pool = off_snapshot(records, or_all=True)
     last = pool[pool["step"] == pool["step"].max()]
     if not last.empty:
         print(

@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from gradvar.errors import InvalidArgumentError
-from gradvar.records import WHOLE_MODEL, validate
+from gradvar.records import WHOLE_MODEL, off_snapshot, validate
 
 
 def _choose_backend() -> None:
@@ -121,16 +121,6 @@ def depth_layers(layers: Sequence[str], *, include_bias: bool = False) -> list[s
     layers = [layer for layer in layers if layer != WHOLE_MODEL]
     weights = [layer for layer in layers if not layer.endswith(".bias")]
     return layers if include_bias or not weights else weights
-
-
-def off_snapshot(records: pd.DataFrame, *, or_all: bool = False) -> pd.DataFrame:
-    """The rows of checkpoints not taken at a snapshot (step != snapshot_step, or unknown).
-
-    With ``or_all``, ``records`` itself is returned when every row is at a snapshot.
-    """
-    at_snapshot = (records["step"] == records["snapshot_step"]).fillna(False).astype(bool)
-    off = records[~at_snapshot.to_numpy()]
-    return records if or_all and off.empty else off
 
 
 def _checked(records: pd.DataFrame) -> pd.DataFrame:

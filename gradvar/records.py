@@ -29,6 +29,7 @@ __all__ = [
     "METRICS",
     "WHOLE_MODEL",
     "empty_frame",
+    "off_snapshot",
     "to_frame",
     "read_records",
     "write_records",
@@ -110,6 +111,17 @@ def validate(frame: pd.DataFrame) -> pd.DataFrame:
             "(produce it with ProbeResult.to_frame() or gradvar.analyze)"
         )
     return frame.astype({c: _DTYPES[c] for c in COLUMNS})
+
+
+def off_snapshot(records: pd.DataFrame, *, or_all: bool = False) -> pd.DataFrame:
+    """The rows of checkpoints not taken at a snapshot (step != snapshot_step, or unknown).
+
+    At a snapshot ρ = α* = 1 by construction, so averages over checkpoints leave those out.
+    With ``or_all``, ``records`` itself is returned when every row is at a snapshot.
+    """
+    at_snapshot = (records["step"] == records["snapshot_step"]).fillna(False).astype(bool)
+    off = records[~at_snapshot.to_numpy()]
+    return records if or_all and off.empty else off
 
 
 def write_records(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:

@@ -25,10 +25,9 @@ from gradvar.plots import (
     SNAPSHOT_RELATIVE_METRICS,
     depth_layers,
     layer_order,
-    off_snapshot,
     plot_all,
 )
-from gradvar.records import WHOLE_MODEL, validate
+from gradvar.records import WHOLE_MODEL, off_snapshot, validate
 
 __all__ = ["SUMMARY_METRICS", "write_report"]
 
