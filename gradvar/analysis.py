@@ -114,11 +114,6 @@ def analyze(
     mine = records[(records["run"] == run) & (records["unit"] == probe.unit)]
     done = set(mine["checkpoint"].dropna())
     todo = [(c, s) for c, s in pairs if c.name not in done]
-    if todo:  # a checkpoint that does not fit the model fails before any work is done
-        first, first_snapshot = todo[0]
-        check_compatible(model, first.load(), first.path)
-        if first_snapshot is not None:
-            check_compatible(model, first_snapshot.load(), first_snapshot.path)
     is_writer = _rank() == 0
     bar = tqdm(
         todo,
@@ -128,13 +123,17 @@ def analyze(
         if (progress is False or not is_writer)
         else (None if progress is None else False),
     )
+    # Checked before each probe, so a checkpoint that does not fit fails before any work on
+    # it; the snapshot state is kept while consecutive checkpoints share it (one read each).
+    kept: tuple[Path, dict[str, Tensor]] | None = None
     for checkpoint, snapshot in bar:
         state = checkpoint.load()
         check_compatible(model, state, checkpoint.path)
-        snap_state = None
-        if snapshot is not None:
-            snap_state = state if snapshot.path == checkpoint.path else snapshot.load()
-            check_compatible(model, snap_state, snapshot.path)
+        if snapshot is not None and (kept is None or kept[0] != snapshot.path):
+            loaded = state if snapshot.path == checkpoint.path else snapshot.load()
+            check_compatible(model, loaded, snapshot.path)
+            kept = (snapshot.path, loaded)
+        snap_state = kept[1] if snapshot is not None and kept is not None else None
         model.load_state_dict(state)
         extra = _alpha_in_force(series.run_config, checkpoint.step)
         at = list(dict.fromkeys([*alphas, *([extra] if extra is not None else [])]))
