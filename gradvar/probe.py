@@ -235,6 +235,7 @@ class Probe:
         the current gradients only). ``meta`` (run, checkpoint, step, epoch, snapshot_step) is
         carried into the records.
         """
+        named = dict(self.model.named_parameters())
         batches = as_batches(data)
         if iter(batches) is batches:  # a one-shot iterator: extra passes (Lanczos, BatchNorm
             batches = list(batches)  # 'replace') must see the same batches again
@@ -247,7 +248,7 @@ class Probe:
                 current = self._replace_stats(current, batches)
                 snap = self._replace_stats(snap, batches) if snap else None
             sums = GradientSums(
-                {p: self._param(p).shape for p in self.param_names},
+                {p: named[p].shape for p in self.param_names},
                 self.groups,
                 paired=paired,
                 device=self._device(),
@@ -271,7 +272,7 @@ class Probe:
             alphas=self.alphas if alphas is None else alphas,
             top_eigenvalues=top,
             whole_model=WHOLE_MODEL,
-            eps=torch.finfo(self._param(self.param_names[0]).dtype).eps,
+            eps=torch.finfo(named[self.param_names[0]].dtype).eps,
         )
         if self.skip_nonfinite:
             values[(WHOLE_MODEL, "nonfinite_skipped", None)] = float(sums.tensors["nonfinite"])
@@ -288,9 +289,6 @@ class Probe:
         return ProbeResult(values, sums, self.unit, config, meta)
 
     # ------------------------------------------------------------------ internals
-    def _param(self, name: str) -> Tensor:
-        return dict(self.model.named_parameters())[name]
-
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -433,7 +431,7 @@ class Probe:
         advanced together in the same pass.
         """
         problems: dict[str | None, list[str]] = {**self.groups, None: list(self.param_names)}
-        sizes = {p: self._param(p).numel() for p in self.param_names}
+        sizes = {p: math.prod(shape) for p, shape in sums.shapes.items()}
         solvers = {
             key: Lanczos(
                 sum(sizes[p] for p in names),

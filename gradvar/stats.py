@@ -86,9 +86,10 @@ class GradientSums:
             t[f"n_dir/{layer}"] += (layer_w > 0).sum()
             for p in names:
                 layer_ws[p].append((layer, layer_w))
+        ones = torch.ones_like(model_w)
         for p, g in current.items():
             # rows: Σ g, Σ g/‖g‖_model, Σ g/‖g‖_layer for each layer holding p — one read of g
-            weights = torch.stack([torch.ones_like(model_w), model_w, *(w for _, w in layer_ws[p])])
+            weights = torch.stack([ones, model_w, *(w for _, w in layer_ws[p])])
             sums, squares = g.moments(weights)
             t[f"g/{p}"] += sums[0]
             t[f"g2/{p}"] += squares
@@ -97,7 +98,7 @@ class GradientSums:
                 t[f"dir/{layer}/{p}"] += sums[row]
             if snapshot is not None and self.paired:
                 h = snapshot[p]
-                h_sums, h_squares = h.moments(torch.ones_like(model_w)[None])
+                h_sums, h_squares = h.moments(ones[None])
                 t[f"h/{p}"] += h_sums[0]
                 t[f"h2/{p}"] += h_squares
                 t[f"gh/{p}"] += g.sum_cross(h)
