@@ -45,7 +45,6 @@ __all__ = [
     "RELATIVE_VARIANCE_FLOOR",
     "parameter_partials",
     "combine_partials",
-    "layer_metrics",
     "all_metrics",
     "variance_metrics",
     "optimal_alpha",
@@ -146,25 +145,6 @@ def combine_partials(
         out[("vr_variance", float(a))] = vr
         out[("vr_variance_ratio", float(a))] = _ratio(vr, m2)
     return out
-
-
-def layer_metrics(
-    sums: GradientSums,
-    params: Sequence[str],
-    *,
-    sum_dir_sq: float,
-    n_dir: float,
-    alphas: Iterable[float] = (),
-    eps: float = torch.finfo(torch.float32).eps,
-) -> dict[tuple[str, float | None], float]:
-    """Every metric of one group of parameters, keyed by (metric, alpha or None).
-
-    ``eps``: machine epsilon of the dtype the gradients were computed in (noise floor).
-    """
-    if sums.n == 0:
-        raise InvalidArgumentError("no samples were accumulated; the data was empty")
-    parts = [parameter_partials(sums, p, eps) for p in params]
-    return combine_partials(parts, sum_dir_sq=sum_dir_sq, n_dir=n_dir, alphas=alphas)
 
 
 def all_metrics(
