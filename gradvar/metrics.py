@@ -58,7 +58,7 @@ MetricKey = tuple[str, str, "float | None"]  # (layer, metric, alpha or None)
 
 
 def _defined(var: Tensor, msq: Tensor, eps: float) -> Tensor:
-    noise = (64 * eps) ** 2 * float(msq.max()) if msq.numel() else 0.0
+    noise = (64 * eps) ** 2 * msq.max() if msq.numel() else 0.0
     return (var > RELATIVE_VARIANCE_FLOOR * msq) & (msq > noise)
 
 
@@ -72,13 +72,14 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den > 0 else _NAN
 
 
-def parameter_partials(sums: GradientSums, param: str, eps: float) -> dict[str, float]:
-    """Additive per-parameter totals every layer metric is built from.
+def parameter_partials(sums: GradientSums, param: str, eps: float) -> dict[str, Tensor]:
+    """Additive per-parameter totals every layer metric is built from (0-d device tensors).
 
     Sums over the tensor's coordinates of Var(g), Var(h), Cov, ḡ², and of ρ_k, α*_k, GSNR_k
     with their counts over defined coordinates (the noise floor is relative to this tensor's
     largest second moment). Computing them once per parameter lets every layer and the whole
-    model combine them without touching the coordinates again.
+    model combine them without touching the coordinates again; they stay on the device until
+    :func:`all_metrics` brings every parameter's totals to the host in one transfer.
     """
     n = sums.tensors["n"]
     mean_g = sums.get("g", param) / n
@@ -87,11 +88,11 @@ def parameter_partials(sums: GradientSums, param: str, eps: float) -> dict[str, 
     ok_g = _defined(var_g, msq_g, eps)
     gsnr = torch.where(ok_g, mean_g**2 / var_g, 0.0)
     out = {
-        "coords": float(mean_g.numel()),
-        "var_g": float(var_g.sum()),
-        "norm_sq": float((mean_g**2).sum()),
-        "gsnr": float(gsnr.sum()),
-        "gsnr_n": float(ok_g.sum()),
+        "coords": torch.tensor(float(mean_g.numel()), dtype=_F64, device=n.device),
+        "var_g": var_g.sum(),
+        "norm_sq": (mean_g**2).sum(),
+        "gsnr": gsnr.sum(),
+        "gsnr_n": ok_g.sum().to(_F64),
     }
     if not sums.paired:
         return out
@@ -104,13 +105,13 @@ def parameter_partials(sums: GradientSums, param: str, eps: float) -> dict[str, 
     rho = torch.where(both, (cov / (var_g * var_h).sqrt()).clamp(-1.0, 1.0), 0.0)
     alpha = (cov / (var_h + 1e-24)).clamp(-2.0, 2.0)
     out.update(
-        var_h=float(var_h.sum()),
-        cov=float(cov.sum()),
-        rho=float(rho.sum()),
-        rho_n=float(both.sum()),
-        alpha=float(torch.where(ok_h, alpha, 0.0).sum()),
-        alpha_n=float(ok_h.sum()),
-        alpha_ref=float(alpha.sum()),
+        var_h=var_h.sum(),
+        cov=cov.sum(),
+        rho=rho.sum(),
+        rho_n=both.sum().to(_F64),
+        alpha=torch.where(ok_h, alpha, 0.0).sum(),
+        alpha_n=ok_h.sum().to(_F64),
+        alpha_ref=alpha.sum(),
     )
     return out
 
@@ -159,22 +160,36 @@ def all_metrics(
     if sums.n == 0:
         raise InvalidArgumentError("no samples were accumulated; the data was empty")
     alphas = list(alphas)
-    parts = {p: parameter_partials(sums, p, eps) for p in sums.shapes}
+    device_parts = {p: parameter_partials(sums, p, eps) for p in sums.shapes}
+    dir_keys = [(layer, p) for layer, params in sums.groups.items() for p in params]
+    dir_tensors = [(sums.tensors[f"dir/{lay}/{p}"] ** 2).sum() for lay, p in dir_keys]
+    dir_tensors += [(sums.get("dir_model", p) ** 2).sum() for p in sums.shapes]
+    keys = list(next(iter(device_parts.values())))
+    flat = torch.stack(
+        [device_parts[p][k].to(_F64) for p in sums.shapes for k in keys] + dir_tensors
+    ).tolist()  # the one device→host transfer of the metrics
+    parts = {
+        p: dict(zip(keys, flat[i * len(keys) : (i + 1) * len(keys)]))
+        for i, p in enumerate(sums.shapes)
+    }
+    dir_values = flat[len(sums.shapes) * len(keys) :]
+    layer_dir = dict(zip(dir_keys, dir_values[: len(dir_keys)]))
+    model_dir = sum(dir_values[len(dir_keys) :])
+    counts = sums.tensors_on_host(["n_dir_model", *(f"n_dir/{lay}" for lay in sums.groups)])
     out: dict[MetricKey, float] = {}
     for layer, params in sums.groups.items():
-        dir_sq = sum(float((sums.tensors[f"dir/{layer}/{p}"] ** 2).sum()) for p in params)
+        dir_sq = sum(layer_dir[(layer, p)] for p in params)
         values = combine_partials(
             [parts[p] for p in params],
             sum_dir_sq=dir_sq,
-            n_dir=float(sums.tensors[f"n_dir/{layer}"]),
+            n_dir=counts[f"n_dir/{layer}"],
             alphas=alphas,
         )
         out.update({(layer, metric, a): v for (metric, a), v in values.items()})
-    dir_sq = sum(float((sums.get("dir_model", p) ** 2).sum()) for p in sums.shapes)
     values = combine_partials(
         list(parts.values()),
-        sum_dir_sq=dir_sq,
-        n_dir=float(sums.tensors["n_dir_model"]),
+        sum_dir_sq=model_dir,
+        n_dir=counts["n_dir_model"],
         alphas=alphas,
     )
     out.update({(whole_model, metric, a): v for (metric, a), v in values.items()})

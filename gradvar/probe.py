@@ -14,10 +14,8 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import pandas as pd
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -29,11 +27,22 @@ from gradvar.errors import InvalidArgumentError, NonFiniteGradientError
 from gradvar.grads import GradientEngine, check_policy, frozen_batchnorm, population_stats
 from gradvar.grads._loss import LossFn
 from gradvar.metrics import all_metrics
-from gradvar.records import METRICS, WHOLE_MODEL, to_frame
+from gradvar.records import WHOLE_MODEL
+from gradvar.result import ProbeResult
 from gradvar.spectrum import GramStore, Lanczos
 from gradvar.stats import GradientSums
 
 __all__ = ["Probe", "ProbeResult"]
+
+_OOM_ERRORS: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError,)
+
+
+def _split_rng(seed: int, index: int, path: tuple[int, ...]) -> Any:
+    """The random state of part ``path`` of chunk ``index`` after out-of-memory splits."""
+    code = 0
+    for bit in path:
+        code = code * 2 + 1 + bit
+    return chunk_rng(seed * 7_919 + code, index)
 
 _TOP_EIGEN_MODES = ("auto", "gram", "lanczos", "none")
 
@@ -50,86 +59,6 @@ def _unit_label(unit: str | int) -> tuple[str, int | None]:
     )
 
 
-@dataclass
-class ProbeResult:
-    """One probe run: ``values[(layer, metric, alpha or None)]`` and the sums behind them."""
-
-    values: dict[tuple[str, str, float | None], float]
-    sums: GradientSums
-    unit: str
-    config: dict[str, Any] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def n(self) -> int:
-        """Number of samples (examples, or mini-batches for a mini-batch unit)."""
-        return self.sums.n
-
-    def value(self, metric: str, layer: str = WHOLE_MODEL, alpha: float | None = None) -> float:
-        """One value, e.g. ``result.value("alpha_star_mean", layer="0.weight")``."""
-        for (lay, met, a), v in self.values.items():
-            if lay == layer and met == metric and (alpha is None or a == alpha):
-                return v
-        known = sorted({m for _, m, _ in self.values})
-        raise KeyError(
-            f"no value for metric={metric!r} layer={layer!r} alpha={alpha}; metrics: {known}"
-        )
-
-    def optimal_alpha(self, clamp: tuple[float, float] | None = (-2.0, 2.0)) -> dict[str, Tensor]:
-        """Per-coordinate α*_k = Cov_k(g, h) / (Var_k(h) + 1e-24) for every parameter.
-
-        The paper's estimator (clamped like the reference code), shaped like each parameter;
-        usable as a per-coordinate alpha (``AlphaSVRG.set_coordinate_alpha``).
-        """
-        if not self.sums.paired:
-            raise InvalidArgumentError("optimal_alpha needs a paired run (pass snapshot=)")
-        n = self.sums.tensors["n"]
-        out = {}
-        for name, shape in self.sums.shapes.items():
-            mean_g, mean_h = self.sums.get("g", name) / n, self.sums.get("h", name) / n
-            var_h = (self.sums.get("h2", name) / n - mean_h**2).clamp_min(0)
-            cov = self.sums.get("gh", name) / n - mean_g * mean_h
-            alpha = cov / (var_h + 1e-24)
-            out[name] = (alpha.clamp(*clamp) if clamp is not None else alpha).reshape(shape)
-        return out
-
-    def to_frame(self, **meta: Any) -> pd.DataFrame:
-        """Records in DESIGN.md's format; ``meta`` overrides run/checkpoint/step/epoch/..."""
-        info = {**self.meta, **meta}
-        rows = [
-            {
-                "run": info.get("run"),
-                "checkpoint": info.get("checkpoint"),
-                "step": info.get("step"),
-                "epoch": info.get("epoch"),
-                "snapshot_step": info.get("snapshot_step"),
-                "layer": layer,
-                "metric": metric,
-                "value": value,
-                "n": self.n,
-                "unit": self.unit,
-                "alpha": math.nan if alpha is None else alpha,
-            }
-            for (layer, metric, alpha), value in self.values.items()
-        ]
-        return to_frame(rows)
-
-    def table(self) -> pd.DataFrame:
-        """Layer × metric table (``vr_*`` columns suffixed with ``@alpha``) for reading."""
-        frame = self.to_frame()
-        label = frame["metric"].where(
-            frame["alpha"].isna(), frame["metric"] + "@" + frame["alpha"].astype(str)
-        )
-        order = list(dict.fromkeys(frame["layer"]))
-        table = frame.assign(metric=label).pivot(index="layer", columns="metric", values="value")
-        rank = {m: i for i, m in enumerate(METRICS)}
-        columns = sorted(dict.fromkeys(label), key=lambda c: (rank.get(c.split("@")[0], 99), c))
-        return table.loc[order, columns]
-
-    def _repr_html_(self) -> str:
-        return self.table()._repr_html_()  # type: ignore[operator]
-
-
 class Probe:
     """Per-layer gradient variance, snapshot correlation and optimal alpha of a model.
 
@@ -143,11 +72,18 @@ class Probe:
         batchnorm: ``"eval"`` | ``"replace"`` | ``"refuse"`` (see :mod:`gradvar.grads`).
         mode: ``"train"`` (dropout active; the paper's setting) or ``"eval"``.
         chunk_size: samples per chunk; bounds peak memory independently of n. Default
-            (None): 256, or 4096 on a GPU when every parameter is in closed form (nothing
-            per-example is materialised there, and fewer chunks mean less host overhead).
-        closed_form: use the exact ``nn.Linear`` closed forms where they apply.
-        top_eigenvalue: ``"auto"`` (Gram matrix within the budgets, else Lanczos passes),
-            ``"gram"``, ``"lanczos"``, or ``"none"``.
+            (None): 256 on CPU; on a GPU 1024, or 4096 when every parameter is an outer
+            product on 2-D input (nothing per-example is materialised). A chunk that runs out
+            of memory is split in two and retried (``config["oom_splits"]`` counts it).
+        closed_form: use the per-layer rules (:mod:`gradvar.grads.rules`) where they apply;
+            False sends every parameter through ``vmap``. The route each parameter took is
+            ``result.config["routes"]`` (reasons for fallbacks in ``"route_reasons"``).
+        top_eigenvalue: metric 3. ``"auto"`` (default): the exact Gram matrix of all samples
+            when their blocks fit ``gram_max_bytes``/``gram_max_samples``, else the exact Gram
+            matrix of a subsample (the first chunk's first ``gram_subsample`` samples) — the
+            estimator and its sample count are in ``config`` and in the records as
+            ``m3_samples``. ``"gram"`` (exact or an error), ``"lanczos"`` (matrix-free, one
+            pass over the data per iteration), or ``"none"``.
         alphas: alphas at which ``vr_variance`` is reported.
         seed: seeds each chunk's randomness (dropout) identically at every checkpoint.
         skip_nonfinite: drop samples with NaN/Inf gradients (counted) instead of raising.
@@ -173,6 +109,7 @@ class Probe:
         top_eigenvalue: str = "auto",
         gram_max_samples: int = 4096,
         gram_max_bytes: int = 1 << 30,
+        gram_subsample: int = 128,
         lanczos_max_iter: int = 40,
         lanczos_tol: float = 1e-6,
         alphas: Iterable[float] = (1.0,),
@@ -207,13 +144,12 @@ class Probe:
             model, loss_fn, self.param_names, unit_size=self.unit_size, closed_form=closed_form
         )
         if chunk_size is None:
-            all_closed = len(self.engine.closed_form_params) == len(self.param_names)
-            on_gpu = next(model.parameters()).is_cuda
-            chunk_size = 4096 if (all_closed and on_gpu and self.unit_size is None) else 256
+            chunk_size = self._default_chunk(model)
         multiple = self.unit_size or 1
         self.chunk = max(multiple, chunk_size - chunk_size % multiple)
         self.top_eigenvalue = top_eigenvalue
         self.gram_max_samples, self.gram_max_bytes = gram_max_samples, gram_max_bytes
+        self.gram_subsample = gram_subsample
         self.lanczos_max_iter, self.lanczos_tol = lanczos_max_iter, lanczos_tol
         self.alphas = [float(a) for a in alphas]
         self.seed, self.skip_nonfinite, self.progress = seed, skip_nonfinite, progress
@@ -257,15 +193,25 @@ class Probe:
             store = GramStore(
                 self.gram_max_bytes if use_gram else -1,
                 self.gram_max_samples if use_gram else -1,
+                self.gram_subsample if self.top_eigenvalue == "auto" else 0,
             )
+            self._oom_splits = 0
+            budget = self._materialise_bytes()
             for index, x, y in self._chunks(batches, rank, world, "probe"):
-                g, h, dropped = self._blocks(index, x, y, current, snap)
-                sums.update(g, h)
-                sums.add_nonfinite(dropped)
-                if use_gram:
-                    store.add(g)
+                for g, h, dropped in self._split_on_oom(index, x, y, current, snap):
+                    sums.update(g, h, materialise_bytes=budget)
+                    sums.add_nonfinite(dropped)
+                    if use_gram:
+                        store.add(g)
+                    del g, h
             if world > 1:
                 sums.all_reduce()
+            if sums.n < 2:
+                raise InvalidArgumentError(
+                    f"the probe needs at least 2 samples to measure a variance, got n={sums.n} "
+                    f"(unit={self.unit!r}); pass more data"
+                    + ("" if self.unit_size is None else " or a smaller unit")
+                )
             top, method = self._top_eigenvalues(sums, store, batches, current, rank, world)
         values = all_metrics(
             sums,
@@ -276,12 +222,19 @@ class Probe:
         )
         if self.skip_nonfinite:
             values[(WHOLE_MODEL, "nonfinite_skipped", None)] = float(sums.tensors["nonfinite"])
+        m3_samples = store.n if method.startswith("gram") else sums.n
+        if top is not None:
+            values[(WHOLE_MODEL, "m3_samples", None)] = float(m3_samples)
         config = {
             "batchnorm": self.batchnorm,
             "mode": self.mode,
             "unit": self.unit,
+            "routes": dict(self.engine.routes),
+            "route_reasons": dict(self.engine.reasons),
             "closed_form": self.engine.closed_form_params,
             "top_eigenvalue": method,
+            "top_eigenvalue_samples": m3_samples if top is not None else 0,
+            "oom_splits": self._oom_splits,
             "seed": self.seed,
             "chunk_size": self.chunk,
             "world_size": world,
@@ -289,6 +242,23 @@ class Probe:
         return ProbeResult(values, sums, self.unit, config, meta)
 
     # ------------------------------------------------------------------ internals
+    def _default_chunk(self, model: nn.Module) -> int:
+        if not next(model.parameters()).is_cuda:
+            return 256
+        outer_only = all(
+            isinstance(m, nn.Linear) for m in model.modules() if next(m.parameters(False), None)
+            is not None
+        )
+        return 4096 if (outer_only and self.unit_size is None) else 1024
+
+    def _materialise_bytes(self) -> int:
+        """How much of a chunk's recomputed blocks to hold at once (see GradientSums.update)."""
+        device = self._device()
+        if device.type != "cuda":
+            return 64 << 20
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(min(free // 4, 16 << 30))
+
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -370,26 +340,63 @@ class Probe:
                 x = self.transform(x, generator)
             yield index, x.to(device), y.to(device)
 
+    def _split_on_oom(
+        self, index: int, x: Tensor, y: Tensor, current: tuple, snap: tuple | None,
+        path: tuple[int, ...] = (),
+    ) -> Iterator[tuple[dict[str, GradBlock], dict[str, GradBlock] | None, int]]:
+        """The chunk's blocks; a chunk that runs out of memory is split in two and retried.
+
+        Halves draw their randomness from states derived from the chunk's index and their
+        position, so a split run is reproducible (its dropout masks differ from an unsplit
+        one's; ``config["oom_splits"]`` says it happened).
+        """
+        rng = chunk_rng(self.seed, index) if not path else _split_rng(self.seed, index, path)
+        try:
+            g, h, dropped = self._blocks(index, x, y, current, snap, rng)
+        except _OOM_ERRORS:
+            multiple = self.unit_size or 1
+            half = (x.shape[0] // multiple // 2) * multiple
+            if half < multiple:
+                raise
+            if x.is_cuda:
+                torch.cuda.empty_cache()
+            self._oom_splits += 1
+            yield from self._split_on_oom(index, x[:half], y[:half], current, snap, (*path, 0))
+            yield from self._split_on_oom(index, x[half:], y[half:], current, snap, (*path, 1))
+            return
+        yield g, h, dropped
+
     def _blocks(
-        self, index: int, x: Tensor, y: Tensor, current: tuple, snap: tuple | None
+        self, index: int, x: Tensor, y: Tensor, current: tuple, snap: tuple | None,
+        rng: Any = None,
     ) -> tuple[dict[str, GradBlock], dict[str, GradBlock] | None, int]:
-        rng = chunk_rng(self.seed, index)
+        rng = chunk_rng(self.seed, index) if rng is None else rng
         g = self.engine.blocks(*current, x, y, rng)
         h = self.engine.blocks(*snap, x, y, rng) if snap is not None else None
-        keep = self._finite(g, "current", index)
-        if h is not None:
-            keep &= self._finite(h, "snapshot", index)
+        keep = self._finite(g, h, index)
+        if not self.skip_nonfinite:
+            return g, h, 0
         dropped = int((~keep).sum())
         if dropped:
             g = {k: b.select(keep) for k, b in g.items()}
             h = {k: b.select(keep) for k, b in h.items()} if h is not None else None
         return g, h, dropped
 
-    def _finite(self, blocks: Mapping[str, GradBlock], which: str, index: int) -> Tensor:
-        keep = None
-        for name, block in blocks.items():
-            ok = block.finite()
-            if not self.skip_nonfinite and not bool(ok.all()):
+    def _finite(
+        self,
+        current: Mapping[str, GradBlock],
+        snapshot: Mapping[str, GradBlock] | None,
+        index: int,
+    ) -> Tensor:
+        """Samples whose gradients are finite under both weight sets: one host sync per chunk
+        (the all-finite flag); only a failing chunk is searched for the layer and sample."""
+        named = [("current", current)] + ([("snapshot", snapshot)] if snapshot else [])
+        flags = {(which, name): b.finite() for which, blocks in named for name, b in blocks.items()}
+        keep = torch.stack(list(flags.values())).all(0)
+        if self.skip_nonfinite or bool(keep.all()):
+            return keep
+        for (which, name), ok in flags.items():
+            if not bool(ok.all()):
                 bad = int((~ok).nonzero()[0, 0]) + index * (self.chunk // (self.unit_size or 1))
                 what = "example" if self.unit_size is None else f"mini-batch of {self.unit}"
                 raise NonFiniteGradientError(
@@ -397,8 +404,6 @@ class Probe:
                     "check the data and loss, or pass skip_nonfinite=True to drop such samples "
                     "(they are counted in the records as 'nonfinite_skipped')"
                 )
-            keep = ok if keep is None else keep & ok
-        assert keep is not None
         return keep
 
     def _top_eigenvalues(
@@ -414,6 +419,8 @@ class Probe:
             return None, "none"
         if self.top_eigenvalue != "lanczos" and store.blocks and not store.overflowed:
             return store.top_eigenvalues(self.groups), "gram"
+        if self.top_eigenvalue == "auto" and store.blocks:
+            return store.top_eigenvalues(self.groups), "gram-subsample"
         if self.top_eigenvalue == "gram" and world == 1:
             raise InvalidArgumentError(
                 f"top_eigenvalue='gram' needs the gradient blocks of all {sums.n} samples in "

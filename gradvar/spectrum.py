@@ -45,25 +45,40 @@ def centred_top_eigenvalue(gram: Tensor) -> float:
 
 
 class GramStore:
-    """Keeps gradient blocks until the end of a pass, within a byte budget."""
+    """Keeps gradient blocks until the end of a pass, within a byte and a sample budget.
 
-    def __init__(self, max_bytes: int, max_samples: int) -> None:
+    Past the budget it is ``overflowed``: with ``subsample`` > 0 it keeps what it holds, or,
+    holding nothing yet, the first ``subsample`` samples of the chunk that overflowed — the
+    Gram matrix of that subsample (``n`` samples) then estimates metric 3; with
+    ``subsample`` = 0 it drops everything.
+    """
+
+    def __init__(self, max_bytes: int, max_samples: int, subsample: int = 0) -> None:
         self.max_bytes = max_bytes
         self.max_samples = max_samples
+        self.subsample = subsample
         self.blocks: dict[str, list[GradBlock]] = {}
         self.nbytes = 0
         self.n = 0
         self.overflowed = False
 
     def add(self, blocks: Mapping[str, GradBlock]) -> None:
-        """Keep ``blocks`` (one chunk); on exceeding the budget drop everything and stop."""
+        """Keep ``blocks`` (one chunk) while within budget (see the class docstring)."""
         if self.overflowed:
             return
         size = sum(b.nbytes() for b in blocks.values())
         chunk_n = next(iter(blocks.values())).n
         if self.nbytes + size > self.max_bytes or self.n + chunk_n > self.max_samples:
-            self.blocks.clear()
             self.overflowed = True
+            if self.subsample <= 0:
+                self.blocks.clear()
+                self.n = 0
+            elif not self.blocks and chunk_n > 0:
+                m = min(self.subsample, chunk_n)
+                first = next(iter(blocks.values()))
+                keep = torch.arange(chunk_n, device=first.device) < m
+                self.blocks = {name: [b.select(keep)] for name, b in blocks.items()}
+                self.n = m
             return
         for name, block in blocks.items():
             self.blocks.setdefault(name, []).append(block)

@@ -17,12 +17,13 @@ ample for gradients (GSNR rarely exceeds 1e6).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-from gradvar.blocks import GradBlock
+from gradvar.blocks import DenseBlock, GradBlock, paired_moments, recomputes
 from gradvar.errors import InvalidArgumentError
 
 __all__ = ["GradientSums"]
@@ -69,12 +70,29 @@ class GradientSums:
 
     # ---------------------------------------------------------------- accumulation
     def update(
-        self, current: Mapping[str, GradBlock], snapshot: Mapping[str, GradBlock] | None = None
+        self,
+        current: Mapping[str, GradBlock],
+        snapshot: Mapping[str, GradBlock] | None = None,
+        *,
+        materialise_bytes: int = 0,
     ) -> None:
-        """Add the samples of one chunk: blocks of g (and of h on the same samples)."""
+        """Add the samples of one chunk: blocks of g (and of h on the same samples).
+
+        The norms ‖g_i‖ (for the directional sums) are needed before the moments, so a block
+        that recomputes its gradients on every read (a convolution's) would be formed twice;
+        up to ``materialise_bytes`` of such blocks are formed once and kept for the chunk.
+        Memory then peaks at that budget plus one layer's slab, never all layers' rows.
+        """
         if self.paired and snapshot is None:
             raise InvalidArgumentError("these sums are paired; update() needs snapshot blocks")
         t = self.tensors
+        current = dict(current)
+        budget = materialise_bytes
+        for p, block in current.items():
+            size = block.n * max(1, math.prod(block.shape)) * 4
+            if recomputes(block) and size <= budget:
+                current[p] = DenseBlock(block.rows())
+                budget -= size
         norms_sq = {p: b.norms_sq() for p, b in current.items()}
         n = next(iter(current.values())).n
         t["n"] += n
@@ -90,18 +108,17 @@ class GradientSums:
         for p, g in current.items():
             # rows: Σ g, Σ g/‖g‖_model, Σ g/‖g‖_layer for each layer holding p — one read of g
             weights = torch.stack([ones, model_w, *(w for _, w in layer_ws[p])])
-            sums, squares = g.moments(weights)
-            t[f"g/{p}"] += sums[0]
-            t[f"g2/{p}"] += squares
-            t[f"dir_model/{p}"] += sums[1]
+            h = snapshot[p] if (snapshot is not None and self.paired) else None
+            m = paired_moments(g, h, weights)
+            t[f"g/{p}"] += m.weighted[0]
+            t[f"g2/{p}"] += m.g2
+            t[f"dir_model/{p}"] += m.weighted[1]
             for row, (layer, _) in enumerate(layer_ws[p], start=2):
-                t[f"dir/{layer}/{p}"] += sums[row]
-            if snapshot is not None and self.paired:
-                h = snapshot[p]
-                h_sums, h_squares = h.moments(ones[None])
-                t[f"h/{p}"] += h_sums[0]
-                t[f"h2/{p}"] += h_squares
-                t[f"gh/{p}"] += g.sum_cross(h)
+                t[f"dir/{layer}/{p}"] += m.weighted[row]
+            if h is not None:
+                t[f"h/{p}"] += m.h
+                t[f"h2/{p}"] += m.h2
+                t[f"gh/{p}"] += m.gh
 
     def add_nonfinite(self, count: int) -> None:
         """Count samples dropped because their gradient was not finite."""
@@ -151,6 +168,11 @@ class GradientSums:
     def n(self) -> int:
         """Number of samples accumulated."""
         return int(self.tensors["n"].item())
+
+    def tensors_on_host(self, keys: Sequence[str]) -> dict[str, float]:
+        """Scalar fields as Python floats, in one device→host transfer."""
+        values = torch.stack([self.tensors[k].reshape(()) for k in keys]).tolist()
+        return dict(zip(keys, values))
 
     def get(self, kind: str, param: str) -> Tensor:
         """Flattened float64 sum of ``kind`` (g, g2, h, h2, gh, dir_model) for ``param``."""

@@ -82,4 +82,8 @@ def perturbed(model: nn.Module, scale: float = 0.3, seed: int = 1) -> dict[str, 
         state[name] = state[name] + scale * torch.randn(
             state[name].shape, generator=gen, dtype=state[name].dtype
         )
+    canonical = {id(p): name for name, p in model.named_parameters()}
+    for key, value in model.state_dict(keep_vars=True).items():  # tied aliases follow
+        if id(value) in canonical and key != canonical[id(value)]:
+            state[key] = state[canonical[id(value)]]
     return state

@@ -25,6 +25,7 @@ def loop_grads(
     state: Mapping[str, Tensor] | None = None,
     unit: int | None = None,
     seed: int = 0,
+    params: list[str] | None = None,
 ) -> dict[str, Tensor]:
     """Rows [n, *shape] of per-example (or per-mini-batch) gradients by plain backward().
 
@@ -42,12 +43,14 @@ def loop_grads(
         if unit is None
         else [list(range(s, s + unit)) for s in range(0, n - n % unit, unit)]
     )
-    rows: dict[str, list[Tensor]] = {k: [] for k, p in work.named_parameters()}
+    keep = set(params) if params is not None else {k for k, _ in work.named_parameters()}
+    rows: dict[str, list[Tensor]] = {k: [] for k, _ in work.named_parameters() if k in keep}
     for members in groups:
         work.zero_grad()
         losses[members].mean().backward(retain_graph=True)
         for k, p in work.named_parameters():
-            rows[k].append(p.grad.detach().clone())
+            if k in keep:
+                rows[k].append(p.grad.detach().clone())
     return {k: torch.stack(v) for k, v in rows.items()}
 
 

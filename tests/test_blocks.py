@@ -57,7 +57,7 @@ def test_engine_closed_form_equals_vmap_on_mlp_both_units() -> None:
             torch.testing.assert_close(a[name].rows(), b[name].rows(), rtol=1e-10, atol=1e-12)
 
 
-def test_reused_linear_falls_back_to_vmap() -> None:
+def test_reused_linear_sums_its_calls() -> None:
     lin = torch.nn.Linear(4, 4).double()
 
     class Twice(torch.nn.Module):
@@ -73,9 +73,10 @@ def test_reused_linear_falls_back_to_vmap() -> None:
     y = torch.randint(0, 4, (5,))
     engine = GradientEngine(model, F.cross_entropy, ["lin.weight", "lin.bias"])
     blocks = engine.blocks(dict(model.named_parameters()), {}, x, y, capture_rng())
-    assert engine.closed_form_params == []
-    ref = per_sample_grads(model, x, y, F.cross_entropy)
+    assert engine.routes == {"lin.weight": "linear", "lin.bias": "linear"}
+    ref = per_sample_grads(model, x, y, F.cross_entropy, rules=False)
     torch.testing.assert_close(blocks["lin.weight"].rows(), ref["lin.weight"])
+    torch.testing.assert_close(blocks["lin.bias"].rows(), ref["lin.bias"])
 
 
 def test_per_sample_grads_chunked_matches_loop() -> None:
@@ -93,15 +94,15 @@ def test_per_sample_grads_chunked_matches_loop() -> None:
 @settings(max_examples=15, deadline=None)
 @given(st.integers(1, 9), st.integers(1, 6), st.integers(1, 6), st.integers(0, 10_000))
 def test_fused_moments_equal_separate_reductions(n: int, out: int, inp: int, seed: int) -> None:
-    import gradvar.blocks as blocks
+    import gradvar.blocks._base as blocks
 
     outer, dense = _pair(n, out, inp, seed)
     _, dense2 = _pair(n, out, inp, seed + 1)
     gen = torch.Generator().manual_seed(seed)
     weights = torch.randn(3, n, generator=gen, dtype=torch.float64)
     expected = torch.stack([dense.weighted_sum(w) for w in weights])
-    old = blocks._SLAB_BYTES
-    blocks._SLAB_BYTES = 8 * n * 2  # force slabs of a couple of columns
+    old = blocks.CPU_SLAB_BYTES
+    blocks.CPU_SLAB_BYTES = 8 * n * 2  # force slabs of a couple of rows
     try:
         for block in (outer, dense):
             sums, squares = block.moments(weights)
@@ -111,7 +112,7 @@ def test_fused_moments_equal_separate_reductions(n: int, out: int, inp: int, see
             dense.sum_cross(dense2), (dense.rows() * dense2.rows()).sum(0), rtol=1e-10, atol=1e-12
         )
     finally:
-        blocks._SLAB_BYTES = old
+        blocks.CPU_SLAB_BYTES = old
     assert torch.equal(dense.finite(), torch.ones(n, dtype=torch.bool))
     bad = dense.rows().clone()
     bad[0, 0, 0] = float("nan")

@@ -89,14 +89,18 @@ def test_grouped_layers_and_lanczos_match_reference(arch: str) -> None:
     _compare(result, rows, None, METRICS_SINGLE, {**probe.groups, "__all__": list(rows)})
 
 
-def test_closed_form_is_used_for_2d_linear_only() -> None:
+def test_routes_are_recorded_and_attention_projections_fall_back() -> None:
     model, x, y = make("transformer")
-    probe = Probe(model, F.cross_entropy)
-    probe.run((x, y))
-    assert probe.engine.closed_form_params == ["head.weight", "head.bias"]
-    mlp, x2, y2 = make("mlp")
-    p2 = Probe(mlp, F.cross_entropy)
-    assert len(p2.engine.closed_form_params) == 6
+    result = Probe(model, F.cross_entropy).run((x, y))
+    routes = result.config["routes"]
+    assert routes["embed.weight"] == "embedding" and routes["norm.weight"] == "layer_norm"
+    assert routes["proj.weight"] == routes["head.weight"] == "linear"
+    # MultiheadAttention uses its packed projection and out_proj through F.linear inside its
+    # own code: no module call to hook, so those go through vmap, with the reason recorded.
+    for name in ("attn.in_proj_weight", "attn.out_proj.weight"):
+        assert routes[name] == "vmap" and result.config["route_reasons"][name]
+    mlp, _, _ = make("mlp")
+    assert len(Probe(mlp, F.cross_entropy).engine.closed_form_params) == 6
 
 
 def test_mean_reduction_never_matters() -> None:

@@ -1,4 +1,4 @@
-"""Per-sample gradients: ``torch.func`` for any module, closed forms for ``nn.Linear``."""
+"""Per-sample gradients: per-layer rules over one batched backward, ``torch.func`` for the rest."""
 
 from __future__ import annotations
 
@@ -17,12 +17,20 @@ from gradvar.grads._batchnorm import (
     frozen_batchnorm,
     population_stats,
 )
-from gradvar.grads._engine import GradientEngine
+from gradvar.grads._engine import DIRECT, VMAP, GradientEngine
 from gradvar.grads._loss import LossFn, per_example_losses
+from gradvar.grads.rules import Call, NotApplicable, Rule, register_rule, rule_for
 
 __all__ = [
     "per_sample_grads",
     "GradientEngine",
+    "VMAP",
+    "DIRECT",
+    "Rule",
+    "Call",
+    "NotApplicable",
+    "register_rule",
+    "rule_for",
     "GradBlock",
     "DenseBlock",
     "OuterBlock",
@@ -43,6 +51,7 @@ def per_sample_grads(
     loss_fn: LossFn,
     params: Sequence[str] | None = None,
     chunk_size: int | None = None,
+    rules: bool = True,
 ) -> dict[str, Tensor]:
     """Per-example gradients ``{parameter name: [n, *shape]}`` of ``loss_fn`` at ``model``.
 
@@ -51,6 +60,8 @@ def per_sample_grads(
     through; the model's mode is used as it is (call ``model.eval()`` for frozen BatchNorm
     and no dropout). ``params`` selects parameters by name (default: all that require grad).
     ``chunk_size`` bounds peak memory by processing that many examples at a time.
+    ``rules``: per-layer rules over one batched backward (default); False: ``vmap(grad)``
+    for every parameter.
     """
     names = (
         list(params)
@@ -68,7 +79,7 @@ def per_sample_grads(
     chunk = n if chunk_size is None else chunk_size
     if chunk <= 0:
         raise InvalidArgumentError(f"chunk_size must be positive, got chunk_size={chunk_size!r}")
-    engine = GradientEngine(model, loss_fn, names, closed_form=False)
+    engine = GradientEngine(model, loss_fn, names, closed_form=rules)
     weights = {k: v.detach() for k, v in known.items()}
     buffers = dict(model.named_buffers())
     # One draw from the global generator seeds every chunk: chunks get independent dropout

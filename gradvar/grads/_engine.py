@@ -1,28 +1,49 @@
-"""The gradient engine: per-sample gradient blocks of chosen parameters for one chunk."""
+"""The gradient engine: per-sample gradient blocks of chosen parameters for one chunk.
+
+Per chunk and weight set, one ordinary batched forward of the model as written (fused
+attention, in-place ops and all) and one backward of the summed per-example losses; hooks
+capture what each parametrised module saw, and a small rule per layer kind (see
+:mod:`gradvar.grads.rules`) turns that into per-example gradient blocks. A parameter used by
+several modules or calls gets the per-example sum over its uses. Parameters no rule covers are
+watched for direct broadcasting uses (``cls_token``, ``pos_embed``), and whatever is left goes
+through ``vmap(grad)`` for those parameters only.
+
+Nothing is silently wrong: on the first chunk every rule-routed parameter is checked against
+autograd — the sum of its per-example gradients against the batched gradient, and example 0's
+against that example's own backward — and a parameter that fails (an uncounted use, a batch
+axis that is not the first) moves to vmap for good. Each parameter's route is in
+:attr:`GradientEngine.routes`, with the reason for every fallback in :attr:`reasons`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 
+import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from gradvar._utils import RngState, capture_rng, replay_rng
-from gradvar.blocks import GradBlock
-from gradvar.grads._closed_form import LinearSlot, closed_form_blocks, find_linear_slots
-from gradvar.grads._loss import LossFn
+from gradvar.blocks import DenseBlock, GradBlock, sum_blocks
+from gradvar.grads._capture import ModuleCapture
+from gradvar.grads._loss import LossFn, per_example_losses
 from gradvar.grads._vmap import vmap_blocks
+from gradvar.grads.rules import DirectUses, NotApplicable, Rule, rule_for
 
-__all__ = ["GradientEngine"]
+__all__ = ["GradientEngine", "VMAP", "DIRECT"]
+
+VMAP = "vmap"
+DIRECT = "direct"
+_VERIFY_RTOL = {torch.float64: 1e-8, torch.float32: 2e-4}
 
 
 class GradientEngine:
     """Computes per-sample gradient blocks of ``param_names`` for a chunk of data.
 
-    Each ``nn.Linear`` on 2-D inputs is handled in closed form (factors δ, a; no per-example
-    materialisation); every other parameter goes through ``vmap(grad)``. A Linear found
-    ineligible at run time (sequence input, called twice) moves to vmap for good.
-
     ``unit_size``: None for per-example gradients, b for mini-batch gradients of b examples.
+    ``closed_form``: use the per-layer rules (False: every parameter through vmap).
+    ``verify``: check every rule against autograd on the first chunk (see module docstring).
     """
 
     def __init__(
@@ -33,21 +54,60 @@ class GradientEngine:
         *,
         unit_size: int | None = None,
         closed_form: bool = True,
+        verify: bool = True,
     ) -> None:
         self.model = model
         self.loss_fn = loss_fn
         self.param_names = list(param_names)
         self.unit_size = unit_size
-        self.slots: list[LinearSlot] = (
-            find_linear_slots(model, set(self.param_names)) if closed_form else []
-        )
+        self.routes: dict[str, str] = {}
+        self.reasons: dict[str, str] = {}
+        self._uses: dict[str, list[tuple[int, str]]] = {}
+        self._modules: dict[int, tuple[nn.Module, Rule]] = {}
+        self._plan(closed_form)
+        self._verified = not verify
+
+    # ------------------------------------------------------------------ planning
+    def _plan(self, closed_form: bool) -> None:
+        measured = set(self.param_names)
+        canonical = {id(p): name for name, p in self.model.named_parameters()}
+        if closed_form:
+            for _, module in self.model.named_modules(remove_duplicate=False):
+                rule = rule_for(module)
+                if rule is None:
+                    continue
+                for local in rule.covers(module):
+                    name = canonical.get(id(getattr(module, local)))
+                    if name not in measured:
+                        continue
+                    uses = self._uses.setdefault(name, [])
+                    if (id(module), local) not in uses:
+                        uses.append((id(module), local))
+                        self._modules[id(module)] = (module, rule)
+        owners = {
+            canonical[id(p)]: type(m).__name__
+            for m in self.model.modules()
+            for p in m.parameters(recurse=False)
+            if id(p) in canonical
+        }
+        self._owner_kind = owners
+        for name in self.param_names:
+            if name in self._uses:
+                rules = {self._modules[m][1].name for m, _ in self._uses[name]}
+                self.routes[name] = "+".join(sorted(rules))
+            else:
+                self.routes[name] = DIRECT if closed_form else VMAP
 
     @property
     def closed_form_params(self) -> list[str]:
-        """Parameters currently handled in closed form."""
-        names = [s.weight for s in self.slots] + [s.bias for s in self.slots if s.bias]
-        return [n for n in self.param_names if n in names]
+        """Parameters currently handled without vmap."""
+        return [n for n in self.param_names if self.routes[n] != VMAP]
 
+    def _fall_back(self, name: str, reason: str) -> None:
+        self.routes[name] = VMAP
+        self.reasons[name] = reason
+
+    # ------------------------------------------------------------------ one chunk
     def blocks(
         self,
         params: Mapping[str, Tensor],
@@ -59,41 +119,139 @@ class GradientEngine:
         """Blocks for every parameter in ``param_names``, with randomness replayed from ``rng``
         (default: the current global RNG state).
 
-        Both passes (closed form and vmap) start from the same ``rng``, so they see the same
+        Both passes (hooked and vmap) start from the same ``rng``, so they see the same
         dropout masks as each other and as any other weight set given the same ``rng``.
         """
         rng = capture_rng() if rng is None else rng
         out: dict[str, GradBlock] = {}
-        if self.slots:
+        hooked = self.closed_form_params
+        if hooked:
             with replay_rng(rng):
-                closed, bad = closed_form_blocks(
-                    self.model,
-                    self.loss_fn,
-                    params,
-                    buffers,
-                    self.slots,
-                    inputs,
-                    targets,
-                    self.unit_size,
-                )
-            if bad:
-                self.slots = [s for s in self.slots if s not in bad]
-                closed = {k: v for k, v in closed.items() if k in self.closed_form_params}
-            out.update(closed)
+                out.update(self._hooked_blocks(params, buffers, inputs, targets, hooked))
         rest = [n for n in self.param_names if n not in out]
-        if not rest:
-            return {name: out[name] for name in self.param_names}
-        with replay_rng(rng):
-            out.update(
-                vmap_blocks(
-                    self.model,
-                    self.loss_fn,
-                    params,
-                    buffers,
-                    rest,
-                    inputs,
-                    targets,
-                    self.unit_size,
+        if rest:
+            with replay_rng(rng):
+                out.update(
+                    vmap_blocks(
+                        self.model,
+                        self.loss_fn,
+                        params,
+                        buffers,
+                        rest,
+                        inputs,
+                        targets,
+                        self.unit_size,
+                    )
                 )
-            )
         return {name: out[name] for name in self.param_names}
+
+    def _hooked_blocks(
+        self,
+        params: Mapping[str, Tensor],
+        buffers: Mapping[str, Tensor],
+        inputs: Tensor,
+        targets: Tensor,
+        hooked: list[str],
+    ) -> dict[str, GradBlock]:
+        n = inputs.shape[0]
+        wanted = set(hooked)
+        leaves = {k: v.detach().requires_grad_(k in wanted) for k, v in params.items()}
+        direct = {p: leaves[p] for p in hooked if self.routes[p] == DIRECT}
+        modules = {str(m): self._modules[m] for p in hooked for m, _ in self._uses.get(p, [])}
+        uses_mode = DirectUses(direct) if direct else None
+        with ModuleCapture(modules, n) as capture, uses_mode or contextlib.nullcontext():
+            outputs = functional_call(self.model, {**leaves, **buffers}, (inputs,))
+        losses = per_example_losses(self.loss_fn, outputs, targets)
+        verify = not self._verified
+        totals = torch.autograd.grad(
+            losses.sum(), [leaves[p] for p in hooked], allow_unused=True, retain_graph=verify
+        )
+        capture.frozen = True
+        if uses_mode is not None:
+            uses_mode.frozen = True
+        blocks: dict[str, GradBlock] = {}
+        for name in hooked:
+            try:
+                parts = self._parts(name, capture, uses_mode, n)
+            except NotApplicable as err:
+                self._fall_back(name, str(err))
+                continue
+            if not parts:
+                parts = [
+                    DenseBlock(
+                        torch.zeros(
+                            n,
+                            *params[name].shape,
+                            dtype=params[name].dtype,
+                            device=params[name].device,
+                        )
+                    )
+                ]
+            blocks[name] = sum_blocks(parts)
+        if verify:
+            first = torch.autograd.grad(losses[0], [leaves[p] for p in hooked], allow_unused=True)
+            self._verify(blocks, dict(zip(hooked, totals)), dict(zip(hooked, first)), n)
+            self._verified = True
+        if self.unit_size is not None:
+            blocks = {k: b.group(self.unit_size) for k, b in blocks.items()}
+        return blocks
+
+    def _parts(
+        self, name: str, capture: ModuleCapture, uses_mode: DirectUses | None, n: int
+    ) -> list[GradBlock]:
+        if self.routes[name] == DIRECT:
+            assert uses_mode is not None
+            if name in uses_mode.unsupported:
+                raise NotApplicable(f"used directly by {uses_mode.unsupported[name]!r}")
+            parts = [use.block(n) for use in uses_mode.uses[name] if use.grad is not None]
+            if not uses_mode.uses[name]:
+                kind = self._owner_kind.get(name, "?")
+                raise NotApplicable(f"no rule for {kind} and no direct broadcasting use seen")
+            if any(p is None for p in parts):
+                raise NotApplicable("used in an op whose output is not batched on its first axis")
+            return parts  # type: ignore[return-value]
+        parts: list[GradBlock] = []
+        for module_id, local in self._uses[name]:
+            module, rule = self._modules[module_id]
+            for call in capture.calls[str(module_id)]:
+                if call.grad is None:
+                    continue
+                try:
+                    parts.append(rule.blocks(module, call, n)[local])
+                except NotApplicable as err:
+                    raise NotApplicable(f"{rule.name}: {err}") from None
+        return parts
+
+    def _verify(
+        self,
+        blocks: dict[str, GradBlock],
+        totals: Mapping[str, Tensor | None],
+        first: Mapping[str, Tensor | None],
+        n: int,
+    ) -> None:
+        """Move every parameter whose blocks disagree with autograd to vmap."""
+        only_first = torch.zeros(n, dtype=torch.bool)
+        only_first[0] = True
+        for name, block in list(blocks.items()):
+            checks = (
+                ("the batched gradient", block.sum(), totals[name]),
+                (
+                    "example 0's gradient",
+                    block.select(only_first.to(block.device)).sum(),
+                    first[name],
+                ),
+            )
+            for what, mine, ref in checks:
+                ref64 = torch.zeros_like(mine) if ref is None else ref.to(torch.float64)
+                rtol = _VERIFY_RTOL.get(ref.dtype if ref is not None else torch.float32, 1e-2)
+                scale = float(ref64.norm() + mine.norm()) + 1e-30
+                error = float((mine.reshape(ref64.shape) - ref64).norm())
+                if error > rtol * scale:
+                    self._fall_back(
+                        name,
+                        f"route {self.routes[name]!r} disagreed with {what} (relative error "
+                        f"{error / scale:.1e}): a use the rule does not see, or a batch axis "
+                        "that is not the first",
+                    )
+                    del blocks[name]
+                    break

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
@@ -11,6 +12,43 @@ from gradvar.blocks import DenseBlock, GradBlock
 from gradvar.grads._loss import LossFn, per_example_losses, single_example_loss
 
 __all__ = ["vmap_blocks"]
+
+
+@contextlib.contextmanager
+def _batched_default_hx(model: nn.Module) -> Iterator[None]:
+    """Give recurrent layers called without ``hx`` a zero state that is batched under vmap.
+
+    ``nn.GRU/LSTM/RNN`` build their default zero state with ``torch.zeros``, which vmap sees as
+    unbatched and then refuses to combine with the batched input; ``zeros + 0·x`` is the same
+    zeros, batched like ``x``.
+    """
+
+    def pre_hook(module: nn.RNNBase, args: tuple, kwargs: dict):
+        x = args[0] if args else kwargs.get("input")
+        if not isinstance(x, Tensor) or (len(args) > 1 or kwargs.get("hx") is not None):
+            return None
+        layers = module.num_layers * (2 if module.bidirectional else 1)
+        batch = (x.shape[0] if module.batch_first else x.shape[1]) if x.dim() == 3 else None
+        lead = (layers, batch) if batch is not None else (layers,)
+        tie = 0 * x.reshape(-1)[0]
+        out_size = module.proj_size if getattr(module, "proj_size", 0) else module.hidden_size
+        h0 = x.new_zeros(*lead, out_size) + tie
+        hx = (h0, x.new_zeros(*lead, module.hidden_size) + tie) if module.mode == "LSTM" else h0
+        return (args[0], hx) if args else args, (
+            {k: v for k, v in kwargs.items() if k != "input"}
+            | ({} if args else {"input": x, "hx": hx})
+        )
+
+    handles = [
+        m.register_forward_pre_hook(pre_hook, with_kwargs=True)
+        for m in model.modules()
+        if isinstance(m, nn.RNNBase)
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def vmap_blocks(
@@ -50,5 +88,6 @@ def vmap_blocks(
         fn = batch_loss
         xs = inputs.reshape(n_batches, unit_size, *inputs.shape[1:])
         ys = targets.reshape(n_batches, unit_size, *targets.shape[1:])
-    grads = vmap(grad(fn), in_dims=(None, 0, 0), randomness="different")(free, xs, ys)
+    with _batched_default_hx(model):
+        grads = vmap(grad(fn), in_dims=(None, 0, 0), randomness="different")(free, xs, ys)
     return {name: DenseBlock(grads[name].detach()) for name in wanted}

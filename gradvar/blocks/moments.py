@@ -1,0 +1,81 @@
+"""All of a chunk's moments of one parameter from its current and snapshot blocks, in one pass.
+
+For n samples with current gradients g_i, snapshot gradients h_i and weight rows w_k:
+
+    Σ_i w_ki g_i (k rows),  Σ g⊙g,  Σ h,  Σ h⊙h,  Σ g⊙h.
+
+Closed forms where both blocks have them (outer products on 2-D inputs, embedding rows over
+the same tokens); otherwise each slab of g and of h is formed once and every moment read from
+it — a recomputed block (a convolution's) is materialised once per weight set, not once per
+moment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from gradvar.blocks._base import F64, GradBlock
+from gradvar.blocks.dense import DenseBlock
+from gradvar.blocks.factored import FactoredBlock
+from gradvar.blocks.sparse_rows import SparseRowsBlock
+
+__all__ = ["Moments", "paired_moments", "recomputes"]
+
+
+@dataclass
+class Moments:
+    """Float64 moments of one parameter over a chunk (``h``-fields None when unpaired)."""
+
+    weighted: Tensor  # [k, *shape]
+    g2: Tensor
+    h: Tensor | None = None
+    h2: Tensor | None = None
+    gh: Tensor | None = None
+
+
+def recomputes(block: GradBlock) -> bool:
+    """Whether every read of ``block`` recomputes its gradients (worth materialising once)."""
+    if isinstance(block, (DenseBlock, SparseRowsBlock)):
+        return False
+    return not (isinstance(block, FactoredBlock) and block.positions == 1)
+
+
+def _closed_forms(g: GradBlock, h: GradBlock) -> bool:
+    if isinstance(g, FactoredBlock) and isinstance(h, FactoredBlock):
+        return g.positions == h.positions == 1
+    if isinstance(g, SparseRowsBlock) and isinstance(h, SparseRowsBlock):
+        return g.source is not None and g.source == h.source
+    return False
+
+
+def paired_moments(g: GradBlock, h: GradBlock | None, weights: Tensor) -> Moments:
+    """The moments of ``g`` (weighted by each row of ``weights`` [k, n]) and, if given, ``h``."""
+    if h is None:
+        weighted, g2 = g.moments(weights)
+        return Moments(weighted, g2)
+    if _closed_forms(g, h):
+        weighted, g2 = g.moments(weights)
+        h_sum, h2 = h.moments(torch.ones(1, h.n, dtype=F64, device=h.device))
+        return Moments(weighted, g2, h_sum[0], h2, g.sum_cross(h))
+    w = weights.to(device=g.device, dtype=F64)
+    k = w.shape[0]
+    weighted, g2, h_sum, h2, gh = g._empty(k), g._empty(), g._empty(), g._empty(), g._empty()
+    for lo, hi in g.slab_ranges(tensors=2):
+        cols = g._columns(lo, hi)
+        gs, hs = g.flat_slab(lo, hi), h.flat_slab(lo, hi)
+        weighted[:, cols] = w @ gs
+        g2[cols] = (gs * gs).sum(0)
+        h_sum[cols] = hs.sum(0)
+        h2[cols] = (hs * hs).sum(0)
+        gh[cols] = (gs * hs).sum(0)
+    shape = g.shape
+    return Moments(
+        weighted.reshape(k, *shape),
+        g2.reshape(shape),
+        h_sum.reshape(shape),
+        h2.reshape(shape),
+        gh.reshape(shape),
+    )

@@ -1,0 +1,207 @@
+"""The per-layer engine against the float64 per-example backward() loop on imitations of the
+networks users bring (ViT, ResNet, GPT-2, GRU/LSTM), the tying cases, GroupNorm and a frozen
+layer — every statistic, per example and per mini-batch, and the route each parameter took."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import reference
+import torch
+import torch.nn.functional as F
+from architectures import perturbed
+from modern import make_modern, token_loss
+
+from gradvar import Probe
+from gradvar._utils import capture_rng
+from gradvar.grads import GradientEngine
+
+PAIRED = [
+    "m1_cosine", "m2_total_variance", "m3_top_eigenvalue", "grad_norm_sq", "gns_simple",
+    "gsnr_mean", "rho_mean", "rho_layer", "alpha_star_mean", "alpha_star_layer",
+    "alpha_star_mean_ref", "vr_variance@1.0", "vr_variance_ratio@1.0",
+]  # fmt: skip
+
+EXPECTED_ROUTES = {
+    "vit": {"cls_token": "direct", "pos_embed": "direct", "gamma": "direct",
+            "patch_embed.weight": "conv", "norm1.weight": "layer_norm", "qkv.weight": "linear"},
+    "resnet": {"conv1.weight": "conv", "bn1.weight": "batch_norm",
+               "layer2.downsample.1.bias": "batch_norm", "fc.weight": "linear"},
+    "gpt": {"wte.weight": "embedding+linear", "wpe.weight": "embedding",
+            "c_attn.weight": "conv1d-transformers", "ln_f.bias": "layer_norm"},
+    "gru": {"rnn.weight_ih_l0": "vmap", "head.weight": "linear"},
+    "lstm_bi2": {"rnn.weight_hh_l1_reverse": "vmap"},
+    "linear_twice": {"lin.weight": "linear", "lin.bias": "linear"},
+    "shared_weight": {"a.weight": "linear", "b.bias": "linear"},
+    "conv_groupnorm": {"conv2.weight": "conv", "gn.weight": "group_norm"},
+    "frozen": {"2.weight": "linear"},
+}  # fmt: skip
+
+
+def _loss(arch: str):
+    return token_loss if arch == "gpt" else F.cross_entropy
+
+
+def _trainable(model) -> list[str]:
+    return [k for k, p in model.named_parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize("arch", list(EXPECTED_ROUTES))
+@pytest.mark.parametrize("unit", ["sample", 3])
+def test_every_statistic_matches_backward_loop(arch: str, unit) -> None:
+    model, x, y = make_modern(arch)
+    snapshot = perturbed(model, scale=0.05)
+    loss = _loss(arch)
+    result = Probe(model, loss, unit=unit).run((x, y), snapshot=snapshot)
+    for name, route in EXPECTED_ROUTES[arch].items():
+        assert result.config["routes"][name] == route, (name, result.config["route_reasons"])
+    model.eval() if arch == "resnet" else None  # BatchNorm policy 'eval' in the reference
+    b = None if unit == "sample" else unit
+    names = _trainable(model)
+    rows_g = reference.loop_grads(model, loss, x, y, unit=b, params=names)
+    rows_h = reference.loop_grads(model, loss, x, y, state=snapshot, unit=b, params=names)
+    expected = reference.stats(
+        reference.flat(rows_g, names),
+        reference.flat(rows_h, names),
+        alphas=(1.0,),
+        segments=reference.sizes(rows_g, names),
+    )
+    table = result.table()
+    for metric in PAIRED:
+        got = float(table.loc["__all__", metric])
+        assert math.isclose(got, expected[metric], rel_tol=1e-7, abs_tol=1e-12), (metric, got)
+
+
+@pytest.mark.parametrize("arch", ["vit", "resnet", "gpt", "conv_groupnorm", "shared_weight"])
+def test_rule_blocks_equal_vmap_rows(arch: str) -> None:
+    model, x, y = make_modern(arch)
+    model.eval() if arch == "resnet" else None
+    names = _trainable(model)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+    state = capture_rng()
+    fast = GradientEngine(model, _loss(arch), names).blocks(params, buffers, x, y, state)
+    slow = GradientEngine(model, _loss(arch), names, closed_form=False)
+    slow_blocks = slow.blocks(params, buffers, x, y, state)
+    for name in names:
+        torch.testing.assert_close(
+            fast[name].rows(), slow_blocks[name].rows(), rtol=1e-9, atol=1e-12
+        )
+
+
+def test_an_uncounted_use_is_caught_and_falls_back() -> None:
+    """A weight owned by a Linear but also used through F.linear elsewhere (a tied head
+    written by hand): the rule alone would miss a use; verification sends it to vmap."""
+
+    class HandTied(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp = torch.nn.Linear(4, 4)
+            self.head = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = torch.tanh(self.inp(x))
+            return self.head(h + F.linear(h, self.inp.weight))
+
+    model = HandTied().double()
+    x = torch.randn(9, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (9,))
+    result = Probe(model, F.cross_entropy).run((x, y))
+    assert result.config["routes"]["inp.weight"] == "vmap"
+    assert "disagreed" in result.config["route_reasons"]["inp.weight"]
+    rows = reference.loop_grads(model, F.cross_entropy, x, y)
+    names = list(rows)
+    expected = reference.stats(
+        reference.flat(rows, names), None, segments=reference.sizes(rows, names)
+    )
+    got = float(result.table().loc["__all__", "m2_total_variance"])
+    assert math.isclose(got, expected["m2_total_variance"], rel_tol=1e-9)
+
+
+def test_user_rule_is_used_for_their_module() -> None:
+    from gradvar.blocks import DenseBlock
+    from gradvar.grads import Rule, register_rule
+    from gradvar.grads.rules._base import _USER
+
+    class Scale(torch.nn.Module):  # y = x * s, s per feature
+        def __init__(self) -> None:
+            super().__init__()
+            self.s = torch.nn.Parameter(torch.ones(4))
+
+        def forward(self, x):
+            return x * self.s
+
+    class ScaleRule(Rule):
+        name = "scale"
+        params = ("s",)
+
+        def blocks(self, module, call, n):
+            return {"s": DenseBlock(call.grad * call.args[0])}
+
+    register_rule(Scale, ScaleRule())
+    try:
+        model = torch.nn.Sequential(
+            torch.nn.Linear(3, 4), Scale(), torch.nn.Tanh(), torch.nn.Linear(4, 2)
+        ).double()
+        x = torch.randn(7, 3, dtype=torch.float64)
+        y = torch.randint(0, 2, (7,))
+        result = Probe(model, F.cross_entropy).run((x, y))
+        assert result.config["routes"]["1.s"] == "scale"
+        rows = reference.loop_grads(model, F.cross_entropy, x, y)
+        expected = reference.stats(rows["1.s"].double(), None)
+        got = float(result.table().loc["1.s", "m2_total_variance"])
+        assert math.isclose(got, expected["m2_total_variance"], rel_tol=1e-9)
+    finally:
+        _USER.clear()
+
+
+def test_out_of_memory_chunk_is_split_and_retried(monkeypatch) -> None:
+    model, x, y = make_modern("vit")
+    probe = Probe(model, F.cross_entropy, chunk_size=12)
+    real = probe.engine.blocks
+
+    def flaky(params, buffers, inputs, targets, rng=None):
+        if inputs.shape[0] > 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(params, buffers, inputs, targets, rng)
+
+    monkeypatch.setattr(probe.engine, "blocks", flaky)
+    result = probe.run((x, y), snapshot=perturbed(model, scale=0.05))
+    assert result.config["oom_splits"] == 3 and result.n == 12  # 12 → 6+6 → 3+3+3+3
+    whole = Probe(model, F.cross_entropy).run((x, y), snapshot=perturbed(model, scale=0.05))
+    for metric in ("m2_total_variance", "alpha_star_layer", "rho_mean"):
+        assert math.isclose(result.value(metric), whole.value(metric), rel_tol=1e-9)
+
+
+def test_nonfinite_names_layer_and_example_through_rules() -> None:
+    from gradvar.errors import NonFiniteGradientError
+
+    model, x, y = make_modern("conv_groupnorm")
+    x = x.clone()
+    x[5, 0, 3] = float("nan")
+    with pytest.raises(NonFiniteGradientError, match=r"example 5 \(current weights\)"):
+        Probe(model, F.cross_entropy).run((x, y))
+
+
+def test_empty_data_and_single_sample_are_named_errors() -> None:
+    from gradvar.errors import InvalidArgumentError
+
+    model, x, y = make_modern("frozen")
+    with pytest.raises(InvalidArgumentError, match="at least 2 samples"):
+        Probe(model, F.cross_entropy).run((x[:0], y[:0]))
+    with pytest.raises(InvalidArgumentError, match="at least 2 samples"):
+        Probe(model, F.cross_entropy).run((x[:1], y[:1]))
+
+
+def test_subsampled_top_eigenvalue_is_stated_and_exact_for_the_subsample() -> None:
+    model, x, y = make_modern("vit", n=12)
+    result = Probe(model, F.cross_entropy, chunk_size=6, gram_max_bytes=1, gram_subsample=5).run(
+        (x, y)
+    )
+    assert result.config["top_eigenvalue"] == "gram-subsample"
+    assert result.config["top_eigenvalue_samples"] == 5 and result.value("m3_samples") == 5
+    rows = reference.loop_grads(model, F.cross_entropy, x[:5], y[:5])
+    names = list(rows)
+    sub = reference.stats(reference.flat(rows, names), None, segments=reference.sizes(rows, names))
+    assert math.isclose(result.value("m3_top_eigenvalue"), sub["m3_top_eigenvalue"], rel_tol=1e-7)
