@@ -205,3 +205,17 @@ def test_subsampled_top_eigenvalue_is_stated_and_exact_for_the_subsample() -> No
     names = list(rows)
     sub = reference.stats(reference.flat(rows, names), None, segments=reference.sizes(rows, names))
     assert math.isclose(result.value("m3_top_eigenvalue"), sub["m3_top_eigenvalue"], rel_tol=1e-7)
+
+
+@pytest.mark.parametrize("arch", ["resnet", "vit", "gpt", "linear_twice", "shared_weight"])
+def test_chunks_after_the_verified_first_equal_one_chunk(arch: str) -> None:
+    """Chunks after the first differentiate to the captured outputs only (or to the weights
+    where an output was modified in place, as in the ResNet): the same statistics."""
+    model, x, y = make_modern(arch)
+    snapshot = perturbed(model, scale=0.05)
+    one = Probe(model, _loss(arch)).run((x, y), snapshot=snapshot)
+    many = Probe(model, _loss(arch), chunk_size=4).run((x, y), snapshot=snapshot)
+    for key, value in one.values.items():
+        if key[1] in ("m3_top_eigenvalue", "m3_samples"):
+            continue  # exact Gram over all chunks vs the one chunk: equal, but tested elsewhere
+        assert math.isclose(many.values[key], value, rel_tol=1e-9, abs_tol=1e-13), key

@@ -40,8 +40,10 @@ class DenseBlock(GradBlock):
 
     def norms_sq(self) -> Tensor:
         if self._norms_sq is None:
+            # In the rows' own dtype (a float64 copy of the block would cost more than the
+            # norms): a float32 norm has float32's relative precision, ample for 1/‖g_i‖.
             flat = self._rows.reshape(self.n, -1)
-            self._norms_sq = torch.linalg.vector_norm(flat, dim=1, dtype=F64) ** 2
+            self._norms_sq = torch.linalg.vector_norm(flat, dim=1).to(F64) ** 2
         return self._norms_sq
 
     def rows(self) -> Tensor:
@@ -55,12 +57,8 @@ class DenseBlock(GradBlock):
         return DenseBlock(self._rows[: units * size].reshape(units, size, *self.shape).mean(1))
 
     def finite(self) -> Tensor:
-        # A float64 sum of squares of float32 entries is finite iff every entry is; float64
-        # entries may overflow when squared, so check those directly.
-        finite = torch.isfinite(self.norms_sq())
-        if self._rows.dtype == F64:
-            finite &= torch.isfinite(self._rows.reshape(self.n, -1)).all(1)
-        return finite
+        # A float64 sum is finite iff every term is (float32 terms cannot overflow it).
+        return torch.isfinite(self._rows.reshape(self.n, -1).sum(1, dtype=F64))
 
     def nbytes(self) -> int:
         return self._rows.numel() * self._rows.element_size()

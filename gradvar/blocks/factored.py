@@ -81,8 +81,11 @@ class FactoredBlock(GradBlock):
 
     def finite(self) -> Tensor:
         # Σ_t l_t r_tᵀ is finite when both factors are (0·inf aside, which only hides a NaN
-        # that would also show in the loss).
-        return torch.isfinite(self.left).all(2).all(1) & torch.isfinite(self.right).all(2).all(1)
+        # that would also show in the loss); a sum is finite iff its terms are (or overflows
+        # float64, which no gradient does), so one reduction per factor suffices.
+        return torch.isfinite(self.left.sum((1, 2), dtype=F64)) & torch.isfinite(
+            self.right.sum((1, 2), dtype=F64)
+        )
 
     def nbytes(self) -> int:
         return (self.left.numel() + self.right.numel()) * self.left.element_size()

@@ -84,8 +84,10 @@ class SparseRowsBlock(GradBlock):
         out = torch.zeros(
             self.n, hi - lo, self.shape[1], dtype=self.values.dtype, device=self.device
         )
-        m = (self.row >= lo) & (self.row < hi)
-        out.index_put_((self.owner[m], self.row[m] - lo), self.values[m], accumulate=True)
+        inside = (self.row >= lo) & (self.row < hi)  # masked, not indexed: no host sync
+        local = (self.row - lo).clamp(0, hi - lo - 1)
+        values = self.values * inside[:, None].to(self.values.dtype)
+        out.index_put_((self.owner, local), values, accumulate=True)
         return out
 
     def weighted_sum(self, weights: Tensor) -> Tensor:
@@ -131,9 +133,9 @@ class SparseRowsBlock(GradBlock):
         )
 
     def finite(self) -> Tensor:
-        bad = (~torch.isfinite(self.values)).any(1).to(torch.int64)
-        count = torch.zeros(self.n, dtype=torch.int64, device=self.device)
-        return count.index_add_(0, self.owner, bad) == 0
+        per_pair = self.values.sum(1, dtype=F64)  # finite iff every entry is
+        total = torch.zeros(self.n, dtype=F64, device=self.device)
+        return torch.isfinite(total.index_add_(0, self.owner, per_pair))
 
     def nbytes(self) -> int:
         return self.values.numel() * self.values.element_size() + 16 * self.owner.numel()

@@ -52,6 +52,8 @@ class ModuleCapture:
                 {k: _detach(v) for k, v in kwargs.items()},
                 output.detach(),
                 extra=rule.capture(module),
+                live=output,
+                version=output._version,
             )
             self.calls[path].append(call)
 

@@ -163,9 +163,15 @@ class GradientEngine:
             outputs = functional_call(self.model, {**leaves, **buffers}, (inputs,))
         losses = per_example_losses(self.loss_fn, outputs, targets)
         verify = not self._verified
-        totals = torch.autograd.grad(
-            losses.sum(), [leaves[p] for p in hooked], allow_unused=True, retain_graph=verify
-        )
+        if verify:  # differentiate to the weights: the batched gradients check the rules
+            totals = torch.autograd.grad(
+                losses.sum(), [leaves[p] for p in hooked], allow_unused=True, retain_graph=True
+            )
+        else:  # to the captured outputs only: no weight-gradient GEMMs are spent
+            torch.autograd.grad(
+                losses.sum(), self._grad_targets(hooked, leaves, capture, uses_mode),
+                allow_unused=True,
+            )
         capture.frozen = True
         if uses_mode is not None:
             uses_mode.frozen = True
@@ -195,6 +201,29 @@ class GradientEngine:
         if self.unit_size is not None:
             blocks = {k: b.group(self.unit_size) for k, b in blocks.items()}
         return blocks
+
+    def _grad_targets(
+        self,
+        hooked: list[str],
+        leaves: Mapping[str, Tensor],
+        capture: ModuleCapture,
+        uses_mode: DirectUses | None,
+    ) -> list[Tensor]:
+        """What the backward must reach for every hook to fire: each captured output, or —
+        where later code modified that output in place, so that differentiating with respect
+        to it would give the post-modification gradient — the weights behind it."""
+        targets: dict[int, Tensor] = {}
+        for name in hooked:
+            if self.routes[name] == DIRECT:
+                assert uses_mode is not None
+                records = uses_mode.uses[name]
+            else:
+                records = [c for m, _ in self._uses[name] for c in capture.calls[str(m)]]
+            for record in records:
+                target = leaves[name] if record.modified_in_place else record.live
+                if target is not None:
+                    targets[id(target)] = target
+        return list(targets.values()) or [leaves[hooked[0]]]
 
     def _parts(
         self, name: str, capture: ModuleCapture, uses_mode: DirectUses | None, n: int

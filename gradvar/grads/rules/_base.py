@@ -38,6 +38,12 @@ class Call:
     output: Any
     grad: Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    live: Tensor | None = None  # the output tensor itself, to differentiate with respect to
+    version: int = 0  # its version counter at call time (a later in-place op bumps it)
+
+    @property
+    def modified_in_place(self) -> bool:
+        return self.live is not None and self.live._version != self.version
 
 
 class Rule:

@@ -1,6 +1,9 @@
 """``nn.Conv1d/2d/3d`` (any stride, padding, dilation, groups, padding mode).
 
-Per-example weight gradients come from one weight-gradient convolution in which the n
+Conv1d/2d with one group: a sum of outer products over output positions (δ at each position
+times the input patch it saw, patches by ``F.unfold``), handled like a Linear on a sequence —
+the sum by one GEMM, per-example slabs by one batched matmul. Otherwise (groups, 3-d),
+per-example weight gradients come from one weight-gradient convolution in which the n
 examples are extra groups: the input reshaped to ``[1, n·C, *S]`` and δ to ``[1, n·O, *S']``
 with ``groups = n·g`` give ``[n·O, C/g, *k]`` — each example's gradient, by the backend's own
 convolution kernels, without unfolding patches. It is recomputed one slab of output channels
@@ -14,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradvar.blocks import DenseBlock, GradBlock, LazyBlock
+from gradvar.blocks import DenseBlock, FactoredBlock, GradBlock, LazyBlock
 from gradvar.grads.rules._base import Call, NotApplicable, Rule, register_rule
 
 __all__ = ["ConvRule", "per_example_conv_weight_grad"]
@@ -81,7 +84,11 @@ class ConvRule(Rule):
         if x.dim() != len(module.kernel_size) + 2 or x.shape[0] != n:
             raise NotApplicable(f"input shape {tuple(x.shape)} is not batched [n, C, ...]")
         x, padding = _explicit_padding(module, x)
-        out: dict[str, GradBlock] = {"weight": self._weight_block(module, x, delta, padding)}
+        if module.groups == 1 and x.dim() in (3, 4):
+            weight: GradBlock = _unfolded_block(module, x, delta, padding)
+        else:
+            weight = self._weight_block(module, x, delta, padding)
+        out: dict[str, GradBlock] = {"weight": weight}
         if module.bias is not None:
             out["bias"] = DenseBlock(delta.reshape(n, delta.shape[1], -1).sum(2))
         return out
@@ -126,9 +133,11 @@ class ConvRule(Rule):
             )
             return grad_weight
 
-        def finite() -> Tensor:
-            ok_x = torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
-            return ok_x & torch.isfinite(delta.reshape(delta.shape[0], -1)).all(1)
+        def finite() -> Tensor:  # a float64 sum is finite iff every term is
+            ok_x = torch.isfinite(x.reshape(x.shape[0], -1).sum(1, dtype=torch.float64))
+            return ok_x & torch.isfinite(
+                delta.reshape(delta.shape[0], -1).sum(1, dtype=torch.float64)
+            )
 
         block = LazyBlock(
             shape,
@@ -142,6 +151,23 @@ class ConvRule(Rule):
         )
         block.align = out_per_group
         return block
+
+
+def _unfolded_block(
+    module: nn.modules.conv._ConvNd, x: Tensor, delta: Tensor, padding: list[int]
+) -> FactoredBlock:
+    """Conv1d/2d with one group as a sum of outer products over output positions:
+    G_i = Σ_p δ_ip ⊗ patch_ip, patches by ``F.unfold`` (k_h·k_w times the input's size)."""
+    n, o = delta.shape[0], delta.shape[1]
+    if x.dim() == 3:  # Conv1d as a Conv2d of height 1
+        x, delta = x[:, :, None], delta[:, :, None]
+        kernel, stride = (1, *module.kernel_size), (1, *module.stride)
+        dilation, padding = (1, *module.dilation), [0, *padding]
+    else:
+        kernel, stride, dilation = module.kernel_size, module.stride, module.dilation
+    patches = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
+    left = delta.reshape(n, o, -1).transpose(1, 2)  # [n, positions, O]
+    return FactoredBlock(left, patches.transpose(1, 2), module.weight.shape)
 
 
 register_rule(nn.modules.conv._ConvNd, ConvRule(), builtin=True)

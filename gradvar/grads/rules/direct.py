@@ -41,6 +41,12 @@ class DirectUse:
     other: Tensor | None  # the multiplier of a mul, else None
     out_shape: torch.Size
     grad: Tensor | None = None
+    live: Tensor | None = None  # the op's output, to differentiate with respect to
+    version: int = 0
+
+    @property
+    def modified_in_place(self) -> bool:
+        return self.live is not None and self.live._version != self.version
 
     def block(self, n: int) -> DenseBlock | None:
         """g_i of this use, or None when the output is not batched along its first axis."""
@@ -127,4 +133,5 @@ class DirectUses(TorchFunctionMode):
                 use.grad = grad if use.grad is None else use.grad + grad
 
         out.register_hook(hook)
+        use.live, use.version = out, out._version
         return use
