@@ -109,7 +109,7 @@ class Probe:
         top_eigenvalue: str = "auto",
         gram_max_samples: int = 1024,
         gram_max_bytes: int = 1 << 30,
-        gram_subsample: int = 512,
+        gram_subsample: int = 64,
         lanczos_max_iter: int = 40,
         lanczos_tol: float = 1e-6,
         alphas: Iterable[float] = (1.0,),
@@ -420,7 +420,8 @@ class Probe:
         if self.top_eigenvalue != "lanczos" and store.blocks and not store.overflowed:
             return store.top_eigenvalues(self.groups), "gram"
         if self.top_eigenvalue == "auto" and store.blocks:
-            return store.top_eigenvalues(self.groups), "gram-subsample"
+            exact = store.n == sums.n  # the subsample is every sample
+            return store.top_eigenvalues(self.groups), "gram" if exact else "gram-subsample"
         if self.top_eigenvalue == "gram" and world == 1:
             raise InvalidArgumentError(
                 f"top_eigenvalue='gram' needs the gradient blocks of all {sums.n} samples in "

@@ -93,19 +93,30 @@ class GradientSums:
             if recomputes(block) and size <= budget:
                 current[p] = DenseBlock(block.rows())
                 budget -= size
-        norms_sq = {p: b.norms_sq() for p, b in current.items()}
         n = next(iter(current.values())).n
+        small = self._packable(current, snapshot)
+        pack = _Pack(current, snapshot, small, n) if len(small) > 1 else None
+        norms_sq = {p: b.norms_sq() for p, b in current.items()}
         t["n"] += n
-        model_w = _inverse_norms(sum(norms_sq.values()))
+        model_w = _inverse_norms(torch.stack(list(norms_sq.values())).sum(0))
         t["n_dir_model"] += (model_w > 0).sum()
         layer_ws: dict[str, list[tuple[str, Tensor]]] = {p: [] for p in current}
-        for layer, names in self.groups.items():
-            layer_w = _inverse_norms(sum(norms_sq[p] for p in names))
-            t[f"n_dir/{layer}"] += (layer_w > 0).sum()
-            for p in names:
+        layers = list(self.groups)
+        stacked = torch.stack(
+            [torch.stack([norms_sq[p] for p in self.groups[lay]]).sum(0) for lay in layers]
+        )
+        all_layer_w = _inverse_norms(stacked)  # [layers, n], one kernel for every layer
+        counts = (all_layer_w > 0).sum(1).to(t["n"].dtype)
+        torch._foreach_add_([t[f"n_dir/{lay}"] for lay in layers], list(counts.unbind()))
+        for layer, layer_w in zip(layers, all_layer_w.unbind()):
+            for p in self.groups[layer]:
                 layer_ws[p].append((layer, layer_w))
         ones = torch.ones_like(model_w)
+        if pack is not None:
+            pack.accumulate(self, ones, model_w, [layer_ws[p][0] for p in small])
         for p, g in current.items():
+            if pack is not None and p in pack.names:
+                continue
             # rows: Σ g, Σ g/‖g‖_model, Σ g/‖g‖_layer for each layer holding p — one read of g
             weights = torch.stack([ones, model_w, *(w for _, w in layer_ws[p])])
             h = snapshot[p] if (snapshot is not None and self.paired) else None
@@ -119,6 +130,24 @@ class GradientSums:
                 t[f"h/{p}"] += m.h
                 t[f"h2/{p}"] += m.h2
                 t[f"gh/{p}"] += m.gh
+
+    def _packable(
+        self, current: Mapping[str, GradBlock], snapshot: Mapping[str, GradBlock] | None
+    ) -> list[str]:
+        """Small dense parameters (biases, norm weights) in exactly one layer: their moments
+        are taken together, one kernel per moment instead of one per parameter."""
+        in_layers: dict[str, int] = {}
+        for names in self.groups.values():
+            for p in names:
+                in_layers[p] = in_layers.get(p, 0) + 1
+        return [
+            p
+            for p, b in current.items()
+            if isinstance(b, DenseBlock)
+            and math.prod(b.shape) <= _PACK_MAX_COORDS
+            and in_layers.get(p) == 1
+            and (snapshot is None or not self.paired or isinstance(snapshot[p], DenseBlock))
+        ]
 
     def add_nonfinite(self, count: int) -> None:
         """Count samples dropped because their gradient was not finite."""
@@ -177,6 +206,76 @@ class GradientSums:
     def get(self, kind: str, param: str) -> Tensor:
         """Flattened float64 sum of ``kind`` (g, g2, h, h2, gh, dir_model) for ``param``."""
         return self.tensors[f"{kind}/{param}"].reshape(-1)
+
+
+_PACK_MAX_COORDS = 1 << 16
+
+
+class _Pack:
+    """The rows of many small dense blocks side by side, ``[n, Σ d_p]``, with per-segment
+    norms; accumulates every moment of all of them with one kernel per moment."""
+
+    def __init__(
+        self,
+        current: dict[str, GradBlock],
+        snapshot: Mapping[str, GradBlock] | None,
+        names: list[str],
+        n: int,
+    ) -> None:
+        self.names = names
+        self.shapes = [current[p].shape for p in names]
+        self.sizes = [math.prod(s) for s in self.shapes]
+        rows = torch.cat([current[p].rows().reshape(n, -1) for p in names], 1)
+        device = rows.device
+        self.segment = torch.repeat_interleave(
+            torch.arange(len(names), device=device), torch.tensor(self.sizes, device=device)
+        )
+        per = torch.zeros(n, len(names), dtype=rows.dtype, device=device)
+        per.index_add_(1, self.segment, rows * rows)
+        for j, p in enumerate(names):  # the blocks' norms, from one reduction
+            block = current[p]
+            assert isinstance(block, DenseBlock)
+            block._norms_sq = per[:, j].to(_F64)
+        self.g = rows.to(_F64)
+        self.h = None
+        if snapshot is not None:
+            self.h = torch.cat([snapshot[p].rows().reshape(n, -1) for p in names], 1).to(_F64)
+
+    def accumulate(
+        self, sums: GradientSums, ones: Tensor, model_w: Tensor, layers: list[tuple[str, Tensor]]
+    ) -> None:
+        t, names = sums.tensors, self.names
+        g = self.g
+        both = torch.stack([ones, model_w]) @ g
+        layer_w = torch.stack([w for _, w in layers])  # [params, n]
+        own = (g * layer_w.T[:, self.segment]).sum(0)
+        targets = {
+            "g": [t[f"g/{p}"] for p in names],
+            "dir_model": [t[f"dir_model/{p}"] for p in names],
+            "dir": [t[f"dir/{layer}/{p}"] for (layer, _), p in zip(layers, names)],
+            "g2": [t[f"g2/{p}"] for p in names],
+        }
+        values = {
+            "g": both[0],
+            "dir_model": both[1],
+            "dir": own,
+            "g2": torch.linalg.vector_norm(g, dim=0).square_(),
+        }
+        if self.h is not None and sums.paired:
+            h = self.h
+            values.update(
+                h=h.sum(0),
+                h2=torch.linalg.vector_norm(h, dim=0).square_(),
+                gh=torch.linalg.vecdot(g, h, dim=0),
+            )
+            for kind in ("h", "h2", "gh"):
+                targets[kind] = [t[f"{kind}/{p}"] for p in names]
+        for kind, vector in values.items():
+            parts = [
+                piece.reshape(shape)
+                for piece, shape in zip(vector.split(self.sizes), self.shapes)
+            ]
+            torch._foreach_add_(targets[kind], parts)
 
 
 def _inverse_norms(norms_sq: Tensor) -> Tensor:

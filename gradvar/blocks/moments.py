@@ -67,10 +67,10 @@ def paired_moments(g: GradBlock, h: GradBlock | None, weights: Tensor) -> Moment
         cols = g._columns(lo, hi)
         gs, hs = g.flat_slab(lo, hi), h.flat_slab(lo, hi)
         weighted[:, cols] = w @ gs
-        g2[cols] = (gs * gs).sum(0)
+        g2[cols] = torch.linalg.vector_norm(gs, dim=0).square_()  # one fused reduction
         h_sum[cols] = hs.sum(0)
-        h2[cols] = (hs * hs).sum(0)
-        gh[cols] = (gs * hs).sum(0)
+        h2[cols] = torch.linalg.vector_norm(hs, dim=0).square_()
+        gh[cols] = torch.linalg.vecdot(gs, hs, dim=0)
     shape = g.shape
     return Moments(
         weighted.reshape(k, *shape),

@@ -66,6 +66,13 @@ class ModuleCapture:
 
         return hook
 
+    def release(self) -> None:
+        """After the backward: ignore further hook calls and drop the live outputs."""
+        self.frozen = True
+        for calls in self.calls.values():
+            for call in calls:
+                call.live = None
+
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()

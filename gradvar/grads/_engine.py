@@ -172,9 +172,9 @@ class GradientEngine:
                 losses.sum(), self._grad_targets(hooked, leaves, capture, uses_mode),
                 allow_unused=True,
             )
-        capture.frozen = True
+        capture.release()  # no cycle tensor → hook → call → tensor outlives the backward
         if uses_mode is not None:
-            uses_mode.frozen = True
+            uses_mode.release()
         blocks: dict[str, GradBlock] = {}
         for name in hooked:
             try:

@@ -165,9 +165,25 @@ def _unfolded_block(
         dilation, padding = (1, *module.dilation), [0, *padding]
     else:
         kernel, stride, dilation = module.kernel_size, module.stride, module.dilation
-    patches = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
     left = delta.reshape(n, o, -1).transpose(1, 2)  # [n, positions, O]
-    return FactoredBlock(left, patches.transpose(1, 2), module.weight.shape)
+    return FactoredBlock(left, _patches(x, kernel, stride, dilation, padding), module.weight.shape)
+
+
+def _patches(x: Tensor, kernel, stride, dilation, padding) -> Tensor:
+    """``[n, H'·W', C·k_h·k_w]``: each output position's input patch, in the weight's order.
+
+    A strided view of the padded input copied once (``F.unfold`` on CUDA launches one kernel
+    per example)."""
+    xp = F.pad(x, (padding[1], padding[1], padding[0], padding[0])) if any(padding) else x
+    n, c, h, w = xp.shape
+    out_h = (h - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+    out_w = (w - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+    sn, sc, sh, sw = xp.stride()
+    view = xp.as_strided(
+        (n, out_h, out_w, c, kernel[0], kernel[1]),
+        (sn, sh * stride[0], sw * stride[1], sc, sh * dilation[0], sw * dilation[1]),
+    )
+    return view.reshape(n, out_h * out_w, c * kernel[0] * kernel[1])
 
 
 register_rule(nn.modules.conv._ConvNd, ConvRule(), builtin=True)

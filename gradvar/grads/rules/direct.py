@@ -104,6 +104,13 @@ class DirectUses(TorchFunctionMode):
                 self.uses[name].append(use)
         return out
 
+    def release(self) -> None:
+        """After the backward: ignore further hook calls and drop the live outputs."""
+        self.frozen = True
+        for uses in self.uses.values():
+            for use in uses:
+                use.live = None
+
     def _use(self, func: Any, args: tuple, position: int, out: Any) -> DirectUse | None:
         if not isinstance(out, Tensor) or not out.requires_grad or position > 1:
             return None
