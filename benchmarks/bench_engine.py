@@ -274,6 +274,25 @@ def profile(model, x, y, loss, snap, device: str) -> None:
     print(prof.key_averages().table(sort_by=key, row_limit=14, max_name_column_width=50))
 
 
+def print_table(results: dict[str, dict[str, Any]]) -> None:
+    """Markdown: time ratio to the baseline (peak GiB) per case and method."""
+    methods = [m for m in METHODS if m != "baseline"]
+    print("| case | " + " | ".join(methods) + " |")
+    print("|---" * (len(methods) + 1) + "|")
+    for case, row in results.items():
+        cells = []
+        for m in methods:
+            r = row.get(m)
+            if r is None:
+                cells.append("–")
+            elif "error" in r:
+                cells.append("fails: " + r["error"].split(":")[0])
+            else:
+                mem = f", {r['peak_gib']:.1f} GiB" if "peak_gib" in r else ""
+                cells.append(f"{r['ratio']:.1f}×{mem}")
+        print(f"| {case} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="the CPU cases, on the CPU")
@@ -335,6 +354,7 @@ def main() -> None:
         if args.out:  # after every case: a run cut short keeps what it measured
             with open(args.out, "w") as fh:
                 json.dump(results, fh, indent=1)
+    print_table(results)
     ok = all(not math.isnan(r.get("seconds", 0.0)) for c in results.values()
              for r in c.values() if isinstance(r, dict))  # fmt: skip
     sys.exit(0 if ok else 1)

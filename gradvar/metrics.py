@@ -57,11 +57,6 @@ _NAN = float("nan")
 MetricKey = tuple[str, str, "float | None"]  # (layer, metric, alpha or None)
 
 
-def _defined(var: Tensor, msq: Tensor, eps: float) -> Tensor:
-    noise = (64 * eps) ** 2 * msq.max() if msq.numel() else 0.0
-    return (var > RELATIVE_VARIANCE_FLOOR * msq) & (msq > noise)
-
-
 def _directional(sum_dir_sq: float, n_dir: float) -> float:
     if n_dir < 2:
         return _NAN
@@ -72,48 +67,67 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den > 0 else _NAN
 
 
+_SINGLE_KEYS = ("coords", "var_g", "norm_sq", "gsnr", "gsnr_n")
+_PAIRED_KEYS = _SINGLE_KEYS + (
+    "var_h", "cov", "rho", "rho_n", "alpha", "alpha_n", "alpha_ref",
+)  # fmt: skip
+_GROUP_COORDS = 1 << 24  # coordinates handled at once (16 Mi × 12 rows × 8 B ≈ 1.5 GiB)
+
+
+def _segment_partials(sums: GradientSums, params: Sequence[str], eps: float) -> Tensor:
+    """``[keys, len(params)]``: the additive totals of :func:`parameter_partials` for several
+    parameters at once — their coordinates side by side, reduced per parameter by one
+    ``index_add`` (the noise floor is still relative to each tensor's own maximum)."""
+    t = sums.tensors
+    n = t["n"]
+    device = n.device
+    sizes = torch.tensor([sums.shapes[p].numel() for p in params], device=device)
+    segment = torch.repeat_interleave(torch.arange(len(params), device=device), sizes)
+
+    def flat(kind: str) -> Tensor:
+        return torch.cat([sums.get(kind, p) for p in params])
+
+    def defined(var: Tensor, msq: Tensor) -> Tensor:
+        peak = torch.zeros(len(params), dtype=_F64, device=device)
+        peak = peak.scatter_reduce(0, segment, msq, "amax", include_self=False)
+        return (var > RELATIVE_VARIANCE_FLOOR * msq) & (msq > (64 * eps) ** 2 * peak[segment])
+
+    mean_g, msq_g = flat("g") / n, flat("g2") / n
+    var_g = (msq_g - mean_g**2).clamp_min(0)
+    ok_g = defined(var_g, msq_g)
+    rows = [
+        torch.ones_like(var_g),
+        var_g,
+        mean_g**2,
+        torch.where(ok_g, mean_g**2 / var_g, 0.0),
+        ok_g.to(_F64),
+    ]
+    if sums.paired:
+        mean_h, msq_h = flat("h") / n, flat("h2") / n
+        var_h = (msq_h - mean_h**2).clamp_min(0)
+        cov = flat("gh") / n - mean_g * mean_h
+        ok_h = defined(var_h, msq_h)
+        both = ok_g & ok_h
+        rho = torch.where(both, (cov / (var_g * var_h).sqrt()).clamp(-1.0, 1.0), 0.0)
+        alpha = (cov / (var_h + 1e-24)).clamp(-2.0, 2.0)
+        rows += [var_h, cov, rho, both.to(_F64), torch.where(ok_h, alpha, 0.0),
+                 ok_h.to(_F64), alpha]  # fmt: skip
+    stacked = torch.stack(rows)
+    out = torch.zeros(len(rows), len(params), dtype=_F64, device=device)
+    return out.index_add_(1, segment, stacked)
+
+
 def parameter_partials(sums: GradientSums, param: str, eps: float) -> dict[str, Tensor]:
     """Additive per-parameter totals every layer metric is built from (0-d device tensors).
 
     Sums over the tensor's coordinates of Var(g), Var(h), Cov, ḡ², and of ρ_k, α*_k, GSNR_k
     with their counts over defined coordinates (the noise floor is relative to this tensor's
     largest second moment). Computing them once per parameter lets every layer and the whole
-    model combine them without touching the coordinates again; they stay on the device until
-    :func:`all_metrics` brings every parameter's totals to the host in one transfer.
+    model combine them without touching the coordinates again; :func:`all_metrics` computes
+    them for many parameters at once and brings them to the host in one transfer.
     """
-    n = sums.tensors["n"]
-    mean_g = sums.get("g", param) / n
-    msq_g = sums.get("g2", param) / n
-    var_g = (msq_g - mean_g**2).clamp_min(0)
-    ok_g = _defined(var_g, msq_g, eps)
-    gsnr = torch.where(ok_g, mean_g**2 / var_g, 0.0)
-    out = {
-        "coords": torch.tensor(float(mean_g.numel()), dtype=_F64, device=n.device),
-        "var_g": var_g.sum(),
-        "norm_sq": (mean_g**2).sum(),
-        "gsnr": gsnr.sum(),
-        "gsnr_n": ok_g.sum().to(_F64),
-    }
-    if not sums.paired:
-        return out
-    mean_h = sums.get("h", param) / n
-    msq_h = sums.get("h2", param) / n
-    var_h = (msq_h - mean_h**2).clamp_min(0)
-    cov = sums.get("gh", param) / n - mean_g * mean_h
-    ok_h = _defined(var_h, msq_h, eps)
-    both = ok_g & ok_h
-    rho = torch.where(both, (cov / (var_g * var_h).sqrt()).clamp(-1.0, 1.0), 0.0)
-    alpha = (cov / (var_h + 1e-24)).clamp(-2.0, 2.0)
-    out.update(
-        var_h=var_h.sum(),
-        cov=cov.sum(),
-        rho=rho.sum(),
-        rho_n=both.sum().to(_F64),
-        alpha=torch.where(ok_h, alpha, 0.0).sum(),
-        alpha_n=ok_h.sum().to(_F64),
-        alpha_ref=alpha.sum(),
-    )
-    return out
+    keys = _PAIRED_KEYS if sums.paired else _SINGLE_KEYS
+    return dict(zip(keys, _segment_partials(sums, [param], eps)[:, 0]))
 
 
 def combine_partials(
@@ -160,19 +174,26 @@ def all_metrics(
     if sums.n == 0:
         raise InvalidArgumentError("no samples were accumulated; the data was empty")
     alphas = list(alphas)
-    device_parts = {p: parameter_partials(sums, p, eps) for p in sums.shapes}
+    names = list(sums.shapes)
+    groups, current, size = [], [], 0
+    for p in names:  # bounded working memory: at most _GROUP_COORDS coordinates at once
+        if current and size + sums.shapes[p].numel() > _GROUP_COORDS:
+            groups.append(current)
+            current, size = [], 0
+        current.append(p)
+        size += sums.shapes[p].numel()
+    groups.append(current)
+    keys = _PAIRED_KEYS if sums.paired else _SINGLE_KEYS
+    matrix = torch.cat([_segment_partials(sums, group, eps) for group in groups], dim=1)
     dir_keys = [(layer, p) for layer, params in sums.groups.items() for p in params]
-    dir_tensors = [(sums.tensors[f"dir/{lay}/{p}"] ** 2).sum() for lay, p in dir_keys]
-    dir_tensors += [(sums.get("dir_model", p) ** 2).sum() for p in sums.shapes]
-    keys = list(next(iter(device_parts.values())))
-    flat = torch.stack(
-        [device_parts[p][k].to(_F64) for p in sums.shapes for k in keys] + dir_tensors
-    ).tolist()  # the one device→host transfer of the metrics
+    dir_tensors = [sums.tensors[f"dir/{lay}/{p}"] for lay, p in dir_keys]
+    dir_tensors += [sums.tensors[f"dir_model/{p}"] for p in names]
+    dir_norms = torch.stack(torch._foreach_norm(dir_tensors)) ** 2
+    host = torch.cat([matrix.T.reshape(-1), dir_norms]).tolist()  # the one transfer
     parts = {
-        p: dict(zip(keys, flat[i * len(keys) : (i + 1) * len(keys)]))
-        for i, p in enumerate(sums.shapes)
+        p: dict(zip(keys, host[i * len(keys) : (i + 1) * len(keys)])) for i, p in enumerate(names)
     }
-    dir_values = flat[len(sums.shapes) * len(keys) :]
+    dir_values = host[len(names) * len(keys) :]
     layer_dir = dict(zip(dir_keys, dir_values[: len(dir_keys)]))
     model_dir = sum(dir_values[len(dir_keys) :])
     counts = sums.tensors_on_host(["n_dir_model", *(f"n_dir/{lay}" for lay in sums.groups)])

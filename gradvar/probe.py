@@ -199,7 +199,9 @@ class Probe:
             budget = self._materialise_bytes()
             for index, x, y in self._chunks(batches, rank, world, "probe"):
                 for g, h, dropped in self._split_on_oom(index, x, y, current, snap):
-                    sums.update(g, h, materialise_bytes=budget)
+                    check = not self.skip_nonfinite  # skipping checked (and dropped) already
+                    if not sums.update(g, h, materialise_bytes=budget, check_finite=check):
+                        self._raise_nonfinite(g, h, index)
                     sums.add_nonfinite(dropped)
                     if use_gram:
                         store.add(g)
@@ -373,14 +375,26 @@ class Probe:
         rng = chunk_rng(self.seed, index) if rng is None else rng
         g = self.engine.blocks(*current, x, y, rng)
         h = self.engine.blocks(*snap, x, y, rng) if snap is not None else None
-        keep = self._finite(g, h, index)
-        if not self.skip_nonfinite:
+        if not self.skip_nonfinite:  # checked on the chunk's moments (GradientSums.update)
             return g, h, 0
+        keep = self._finite(g, h, index)
         dropped = int((~keep).sum())
         if dropped:
             g = {k: b.select(keep) for k, b in g.items()}
             h = {k: b.select(keep) for k, b in h.items()} if h is not None else None
         return g, h, dropped
+
+    def _raise_nonfinite(
+        self,
+        current: Mapping[str, GradBlock],
+        snapshot: Mapping[str, GradBlock] | None,
+        index: int,
+    ) -> None:
+        self._finite(current, snapshot, index)  # raises, naming the layer and the sample
+        raise NonFiniteGradientError(
+            f"the moments of chunk {index} are not finite although every gradient is: a "
+            "float64 overflow (gradients above ~1e150); rescale the loss"
+        )
 
     def _finite(
         self,
@@ -393,7 +407,7 @@ class Probe:
         named = [("current", current)] + ([("snapshot", snapshot)] if snapshot else [])
         flags = {(which, name): b.finite() for which, blocks in named for name, b in blocks.items()}
         keep = torch.stack(list(flags.values())).all(0)
-        if self.skip_nonfinite or bool(keep.all()):
+        if self.skip_nonfinite:
             return keep
         for (which, name), ok in flags.items():
             if not bool(ok.all()):

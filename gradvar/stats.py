@@ -75,8 +75,13 @@ class GradientSums:
         snapshot: Mapping[str, GradBlock] | None = None,
         *,
         materialise_bytes: int = 0,
-    ) -> None:
+        check_finite: bool = False,
+    ) -> bool:
         """Add the samples of one chunk: blocks of g (and of h on the same samples).
+
+        With ``check_finite`` nothing is added when any of the chunk's moments is not finite
+        (a NaN or Inf in some sample's gradient), and False is returned — one host sync for
+        the whole chunk; the caller then finds the sample. Otherwise returns True.
 
         The norms ‖g_i‖ (for the directional sums) are needed before the moments, so a block
         that recomputes its gradients on every read (a convolution's) would be formed twice;
@@ -97,9 +102,9 @@ class GradientSums:
         small = self._packable(current, snapshot)
         pack = _Pack(current, snapshot, small, n) if len(small) > 1 else None
         norms_sq = {p: b.norms_sq() for p, b in current.items()}
-        t["n"] += n
+        adds: list[tuple[Tensor, Tensor]] = []  # (sum, this chunk's part), added at the end
         model_w = _inverse_norms(torch.stack(list(norms_sq.values())).sum(0))
-        t["n_dir_model"] += (model_w > 0).sum()
+        adds.append((t["n_dir_model"], (model_w > 0).sum().to(_F64)))
         layer_ws: dict[str, list[tuple[str, Tensor]]] = {p: [] for p in current}
         layers = list(self.groups)
         stacked = torch.stack(
@@ -107,13 +112,13 @@ class GradientSums:
         )
         all_layer_w = _inverse_norms(stacked)  # [layers, n], one kernel for every layer
         counts = (all_layer_w > 0).sum(1).to(t["n"].dtype)
-        torch._foreach_add_([t[f"n_dir/{lay}"] for lay in layers], list(counts.unbind()))
+        adds += [(t[f"n_dir/{lay}"], c) for lay, c in zip(layers, counts.unbind())]
         for layer, layer_w in zip(layers, all_layer_w.unbind()):
             for p in self.groups[layer]:
                 layer_ws[p].append((layer, layer_w))
         ones = torch.ones_like(model_w)
         if pack is not None:
-            pack.accumulate(self, ones, model_w, [layer_ws[p][0] for p in small])
+            adds += pack.moments(self, ones, model_w, [layer_ws[p][0] for p in small])
         for p, g in current.items():
             if pack is not None and p in pack.names:
                 continue
@@ -121,15 +126,20 @@ class GradientSums:
             weights = torch.stack([ones, model_w, *(w for _, w in layer_ws[p])])
             h = snapshot[p] if (snapshot is not None and self.paired) else None
             m = paired_moments(g, h, weights)
-            t[f"g/{p}"] += m.weighted[0]
-            t[f"g2/{p}"] += m.g2
-            t[f"dir_model/{p}"] += m.weighted[1]
+            adds += [(t[f"g/{p}"], m.weighted[0]), (t[f"g2/{p}"], m.g2),
+                     (t[f"dir_model/{p}"], m.weighted[1])]  # fmt: skip
             for row, (layer, _) in enumerate(layer_ws[p], start=2):
-                t[f"dir/{layer}/{p}"] += m.weighted[row]
+                adds.append((t[f"dir/{layer}/{p}"], m.weighted[row]))
             if h is not None:
-                t[f"h/{p}"] += m.h
-                t[f"h2/{p}"] += m.h2
-                t[f"gh/{p}"] += m.gh
+                adds += [(t[f"h/{p}"], m.h), (t[f"h2/{p}"], m.h2), (t[f"gh/{p}"], m.gh)]
+        targets, parts = [a for a, _ in adds], [b for _, b in adds]
+        if check_finite:
+            norms = torch.stack(torch._foreach_norm(parts))
+            if not bool(torch.isfinite(norms).all()):  # the chunk's one host sync
+                return False
+        torch._foreach_add_(targets, parts)
+        t["n"] += n
+        return True
 
     def _packable(
         self, current: Mapping[str, GradBlock], snapshot: Mapping[str, GradBlock] | None
@@ -241,9 +251,10 @@ class _Pack:
         if snapshot is not None:
             self.h = torch.cat([snapshot[p].rows().reshape(n, -1) for p in names], 1).to(_F64)
 
-    def accumulate(
+    def moments(
         self, sums: GradientSums, ones: Tensor, model_w: Tensor, layers: list[tuple[str, Tensor]]
-    ) -> None:
+    ) -> list[tuple[Tensor, Tensor]]:
+        """(sum tensor, this chunk's part) for every moment of every packed parameter."""
         t, names = sums.tensors, self.names
         g = self.g
         both = torch.stack([ones, model_w]) @ g
@@ -270,12 +281,11 @@ class _Pack:
             )
             for kind in ("h", "h2", "gh"):
                 targets[kind] = [t[f"{kind}/{p}"] for p in names]
+        out: list[tuple[Tensor, Tensor]] = []
         for kind, vector in values.items():
-            parts = [
-                piece.reshape(shape)
-                for piece, shape in zip(vector.split(self.sizes), self.shapes)
-            ]
-            torch._foreach_add_(targets[kind], parts)
+            pieces = [p.reshape(s) for p, s in zip(vector.split(self.sizes), self.shapes)]
+            out += list(zip(targets[kind], pieces))
+        return out
 
 
 def _inverse_norms(norms_sq: Tensor) -> Tensor:

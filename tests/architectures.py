@@ -79,9 +79,8 @@ def perturbed(model: nn.Module, scale: float = 0.3, seed: int = 1) -> dict[str, 
     gen = torch.Generator().manual_seed(seed)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     for name, _ in model.named_parameters():
-        state[name] = state[name] + scale * torch.randn(
-            state[name].shape, generator=gen, dtype=state[name].dtype
-        )
+        noise = torch.randn(state[name].shape, generator=gen, dtype=state[name].dtype)
+        state[name] = state[name] + scale * noise.to(state[name].device)
     canonical = {id(p): name for name, p in model.named_parameters()}
     for key, value in model.state_dict(keep_vars=True).items():  # tied aliases follow
         if id(value) in canonical and key != canonical[id(value)]:

@@ -22,7 +22,7 @@ __all__ = ["GradBlock", "F64", "slab_bytes"]
 
 F64 = torch.float64
 CPU_SLAB_BYTES = 4 << 20  # float64 working set per slab on CPU: stays in cache
-GPU_SLAB_BYTES = 256 << 20
+GPU_SLAB_BYTES = 1 << 30  # fewer, larger slabs: each costs a handful of kernel launches
 
 
 def slab_bytes(device: torch.device) -> int:

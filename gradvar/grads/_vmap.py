@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 
+import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
@@ -44,8 +45,11 @@ def _batched_default_hx(model: nn.Module) -> Iterator[None]:
         for m in model.modules()
         if isinstance(m, nn.RNNBase)
     ]
+    # cuDNN's RNN reads its weights' storage, which functorch's wrapped tensors do not have.
+    no_cudnn = torch.backends.cudnn.flags(enabled=False) if handles else contextlib.nullcontext()
     try:
-        yield
+        with no_cudnn:
+            yield
     finally:
         for handle in handles:
             handle.remove()
