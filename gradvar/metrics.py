@@ -77,19 +77,19 @@ _GROUP_COORDS = 1 << 24  # coordinates handled at once (16 Mi × 12 rows × 8 B 
 def _segment_partials(sums: GradientSums, params: Sequence[str], eps: float) -> Tensor:
     """``[keys, len(params)]``: the additive totals of :func:`parameter_partials` for several
     parameters at once — their coordinates side by side, reduced per parameter by one
-    ``index_add`` (the noise floor is still relative to each tensor's own maximum)."""
+    segmented sum (the noise floor is still relative to each tensor's own maximum)."""
     t = sums.tensors
     n = t["n"]
     device = n.device
-    sizes = torch.tensor([sums.shapes[p].numel() for p in params], device=device)
-    segment = torch.repeat_interleave(torch.arange(len(params), device=device), sizes)
+    lengths = torch.tensor([sums.shapes[p].numel() for p in params], device=device)
+    segment = torch.repeat_interleave(torch.arange(len(params), device=device), lengths)
 
     def flat(kind: str) -> Tensor:
         return torch.cat([sums.get(kind, p) for p in params])
 
     def defined(var: Tensor, msq: Tensor) -> Tensor:
-        peak = torch.zeros(len(params), dtype=_F64, device=device)
-        peak = peak.scatter_reduce(0, segment, msq, "amax", include_self=False)
+        # segmented reductions over contiguous runs (scatter's atomics serialise on a GPU)
+        peak = torch.segment_reduce(msq, "max", lengths=lengths, initial=0.0)
         return (var > RELATIVE_VARIANCE_FLOOR * msq) & (msq > (64 * eps) ** 2 * peak[segment])
 
     mean_g, msq_g = flat("g") / n, flat("g2") / n
@@ -112,9 +112,8 @@ def _segment_partials(sums: GradientSums, params: Sequence[str], eps: float) -> 
         alpha = (cov / (var_h + 1e-24)).clamp(-2.0, 2.0)
         rows += [var_h, cov, rho, both.to(_F64), torch.where(ok_h, alpha, 0.0),
                  ok_h.to(_F64), alpha]  # fmt: skip
-    stacked = torch.stack(rows)
-    out = torch.zeros(len(rows), len(params), dtype=_F64, device=device)
-    return out.index_add_(1, segment, stacked)
+    stacked = torch.stack(rows, dim=1)  # [coordinates, keys]
+    return torch.segment_reduce(stacked, "sum", lengths=lengths, axis=0, initial=0.0).T
 
 
 def parameter_partials(sums: GradientSums, param: str, eps: float) -> dict[str, Tensor]:

@@ -237,15 +237,13 @@ class _Pack:
         self.sizes = [math.prod(s) for s in self.shapes]
         rows = torch.cat([current[p].rows().reshape(n, -1) for p in names], 1)
         device = rows.device
-        self.segment = torch.repeat_interleave(
-            torch.arange(len(names), device=device), torch.tensor(self.sizes, device=device)
-        )
-        per = torch.zeros(n, len(names), dtype=rows.dtype, device=device)
-        per.index_add_(1, self.segment, rows * rows)
-        for j, p in enumerate(names):  # the blocks' norms, from one reduction
+        lengths = torch.tensor(self.sizes, device=device)
+        self.segment = torch.repeat_interleave(torch.arange(len(names), device=device), lengths)
+        per = torch.segment_reduce((rows * rows).T.contiguous(), "sum", lengths=lengths, axis=0)
+        for j, p in enumerate(names):  # the blocks' norms, from one segmented reduction
             block = current[p]
             assert isinstance(block, DenseBlock)
-            block._norms_sq = per[:, j].to(_F64)
+            block._norms_sq = per[j].to(_F64)
         self.g = rows.to(_F64)
         self.h = None
         if snapshot is not None:
