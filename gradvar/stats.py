@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from gradvar.blocks import DenseBlock, GradBlock, paired_moments, recomputes
+from gradvar.blocks.moments import sum_sq_columns
 from gradvar.errors import InvalidArgumentError
 
 __all__ = ["GradientSums"]
@@ -55,18 +56,24 @@ class GradientSums:
                 raise InvalidArgumentError(f"layer {layer!r} names unknown parameters {missing}")
         self.paired = paired
         self.tensors: dict[str, Tensor] = {}
-        zeros = lambda shape: torch.zeros(shape, dtype=_F64, device=device)  # noqa: E731
-        self.tensors["n"] = zeros(())
-        self.tensors["n_dir_model"] = zeros(())
-        self.tensors["nonfinite"] = zeros(())
+        layout: list[tuple[str, torch.Size]] = [
+            ("n", torch.Size()), ("n_dir_model", torch.Size()), ("nonfinite", torch.Size())
+        ]  # fmt: skip
         kinds = ["g", "g2", "dir_model"] + (["h", "h2", "gh"] if paired else [])
         for p, shape in self.shapes.items():
-            for kind in kinds:
-                self.tensors[f"{kind}/{p}"] = zeros(shape)
+            layout += [(f"{kind}/{p}", shape) for kind in kinds]
         for layer, names in self.groups.items():
-            self.tensors[f"n_dir/{layer}"] = zeros(())
-            for p in names:
-                self.tensors[f"dir/{layer}/{p}"] = zeros(self.shapes[p])
+            layout.append((f"n_dir/{layer}", torch.Size()))
+            layout += [(f"dir/{layer}/{p}", self.shapes[p]) for p in names]
+        # One allocation for every sum (views into it): cheap to create, and all_reduce is
+        # a single call on it.
+        total = sum(shape.numel() for _, shape in layout)
+        self._flat = torch.zeros(total, dtype=_F64, device=device)
+        offset = 0
+        for key, shape in layout:
+            size = shape.numel()
+            self.tensors[key] = self._flat[offset : offset + size].view(shape)
+            offset += size
 
     # ---------------------------------------------------------------- accumulation
     def update(
@@ -176,13 +183,7 @@ class GradientSums:
         """Sum these statistics over all ranks of ``torch.distributed`` (in place)."""
         import torch.distributed as dist
 
-        flat = torch.cat([v.reshape(-1) for v in self.tensors.values()])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
-        offset = 0
-        for value in self.tensors.values():
-            size = value.numel()
-            value.copy_(flat[offset : offset + size].view_as(value))
-            offset += size
+        dist.all_reduce(self._flat, op=dist.ReduceOp.SUM, group=group)
         return self
 
     def state_dict(self) -> dict[str, object]:
@@ -199,7 +200,7 @@ class GradientSums:
         """Inverse of :meth:`state_dict`."""
         sums = cls(state["shapes"], state["groups"], paired=bool(state["paired"]))  # type: ignore[arg-type]
         for k, v in state["tensors"].items():  # type: ignore[union-attr]
-            sums.tensors[k] = v.to(_F64)
+            sums.tensors[k].copy_(v.to(_F64).reshape(sums.tensors[k].shape))
         return sums
 
     # ---------------------------------------------------------------- views
@@ -268,13 +269,13 @@ class _Pack:
             "g": both[0],
             "dir_model": both[1],
             "dir": own,
-            "g2": torch.linalg.vector_norm(g, dim=0).square_(),
+            "g2": sum_sq_columns(g),
         }
         if self.h is not None and sums.paired:
             h = self.h
             values.update(
                 h=h.sum(0),
-                h2=torch.linalg.vector_norm(h, dim=0).square_(),
+                h2=sum_sq_columns(h),
                 gh=torch.linalg.vecdot(g, h, dim=0),
             )
             for kind in ("h", "h2", "gh"):

@@ -22,7 +22,7 @@ from gradvar.blocks.dense import DenseBlock
 from gradvar.blocks.factored import FactoredBlock
 from gradvar.blocks.sparse_rows import SparseRowsBlock
 
-__all__ = ["Moments", "paired_moments", "recomputes"]
+__all__ = ["Moments", "paired_moments", "recomputes", "sum_sq_columns"]
 
 
 @dataclass
@@ -51,6 +51,14 @@ def _closed_forms(g: GradBlock, h: GradBlock) -> bool:
     return False
 
 
+def sum_sq_columns(rows: Tensor) -> Tensor:
+    """Σ_i rows[i]² per column: one fused reduction on a GPU (vector_norm over the sample
+    axis is slow on CPU, where multiply-and-sum is faster)."""
+    if rows.is_cuda:
+        return torch.linalg.vector_norm(rows, dim=0).square_()
+    return (rows * rows).sum(0)
+
+
 def paired_moments(g: GradBlock, h: GradBlock | None, weights: Tensor) -> Moments:
     """The moments of ``g`` (weighted by each row of ``weights`` [k, n]) and, if given, ``h``."""
     if h is None:
@@ -67,9 +75,9 @@ def paired_moments(g: GradBlock, h: GradBlock | None, weights: Tensor) -> Moment
         cols = g._columns(lo, hi)
         gs, hs = g.flat_slab(lo, hi), h.flat_slab(lo, hi)
         weighted[:, cols] = w @ gs
-        g2[cols] = torch.linalg.vector_norm(gs, dim=0).square_()  # one fused reduction
+        g2[cols] = sum_sq_columns(gs)
         h_sum[cols] = hs.sum(0)
-        h2[cols] = torch.linalg.vector_norm(hs, dim=0).square_()
+        h2[cols] = sum_sq_columns(hs)
         gh[cols] = torch.linalg.vecdot(gs, hs, dim=0)
     shape = g.shape
     return Moments(

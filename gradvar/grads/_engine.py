@@ -17,7 +17,6 @@ axis that is not the first) moves to vmap for good. Each parameter's route is in
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -156,10 +155,12 @@ class GradientEngine:
         n = inputs.shape[0]
         wanted = set(hooked)
         leaves = {k: v.detach().requires_grad_(k in wanted) for k, v in params.items()}
-        direct = {p: leaves[p] for p in hooked if self.routes[p] == DIRECT}
+        direct = {p: params[p] for p in hooked if self.routes[p] == DIRECT}
         modules = {str(m): self._modules[m] for p in hooked for m, _ in self._uses.get(p, [])}
         uses_mode = DirectUses(direct) if direct else None
-        with ModuleCapture(modules, n) as capture, uses_mode or contextlib.nullcontext():
+        if uses_mode is not None:
+            leaves.update(uses_mode.leaves)  # watched leaves report their own uses
+        with ModuleCapture(modules, n) as capture:
             outputs = functional_call(self.model, {**leaves, **buffers}, (inputs,))
         losses = per_example_losses(self.loss_fn, outputs, targets)
         verify = not self._verified

@@ -6,9 +6,11 @@ its first axis and where the parameter is broadcast along it,
 
     add / sub / expand:  g_i = ± reduce(δ_i),     mul:  g_i = reduce(δ_i ⊙ other_i),
 
-``reduce`` summing over the axes the parameter is broadcast along. :class:`DirectUses`, a
-``TorchFunctionMode`` active during the batched forward, records each such use; any other use
-of a watched parameter marks it unsupported, and it goes through vmap instead.
+``reduce`` summing over the axes the parameter is broadcast along. :class:`DirectUses` hands
+the forward *watched* leaves (a Tensor subclass whose ``__torch_function__`` sees only the
+ops that involve that parameter, so the rest of the forward runs at full speed) and records
+each such use; any other use of a watched parameter marks it unsupported, and it goes through
+vmap instead.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.overrides import TorchFunctionMode
 
 from gradvar.blocks import DenseBlock
 
@@ -71,26 +72,46 @@ def _carries_grad(out: Any) -> bool:
     )
 
 
-class DirectUses(TorchFunctionMode):
-    """Records broadcasting uses of the watched parameter tensors during a forward pass."""
+class _Watched(Tensor):
+    """A parameter leaf that reports every op it takes part in to its :class:`DirectUses`."""
 
-    def __init__(self, watched: Mapping[str, Tensor]) -> None:
-        super().__init__()
-        self._names = {id(t): name for name, t in watched.items()}
-        self.uses: dict[str, list[DirectUse]] = {name: [] for name in watched}
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        with torch._C.DisableTorchFunctionSubclass():
+            out = func(*args, **kwargs)  # plain tensors out: the watch does not spread
+        for a in (*args, *kwargs.values()):
+            recorder = getattr(a, "_gradvar_uses", None) if isinstance(a, _Watched) else None
+            if recorder is not None:
+                recorder.observe(func, args, kwargs, out)
+                break
+        return out
+
+
+class DirectUses:
+    """Records broadcasting uses of parameters during a forward pass: pass the forward
+    :attr:`leaves` (watched copies of ``params``) in place of the parameters."""
+
+    def __init__(self, params: Mapping[str, Tensor]) -> None:
+        self.leaves: dict[str, Tensor] = {}
+        for name, p in params.items():
+            leaf = torch.Tensor._make_subclass(_Watched, p.detach(), True)
+            leaf._gradvar_uses = self
+            self.leaves[name] = leaf
+        self._names = {id(t): name for name, t in self.leaves.items()}
+        self.uses: dict[str, list[DirectUse]] = {name: [] for name in params}
         self.unsupported: dict[str, str] = {}
         self.frozen = False
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+    def observe(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        """Record one op that involved a watched leaf."""
         hits = [
             (i, a)
             for i, a in enumerate(list(args) + list(kwargs.values()))
             if isinstance(a, Tensor) and id(a) in self._names
         ]
         if not hits or not _carries_grad(out):
-            return out  # metadata (.shape, .dtype) or a use no gradient flows through
+            return  # metadata (.shape, .dtype) or a use no gradient flows through
         names = {self._names[id(a)] for _, a in hits}
         use = (
             None
@@ -102,7 +123,6 @@ class DirectUses(TorchFunctionMode):
                 self.unsupported.setdefault(name, getattr(func, "__name__", str(func)))
             else:
                 self.uses[name].append(use)
-        return out
 
     def release(self) -> None:
         """After the backward: ignore further hook calls and drop the live outputs."""
