@@ -76,21 +76,33 @@ _GROUP_COORDS = 1 << 24  # coordinates handled at once (16 Mi × 12 rows × 8 B 
 
 def _segment_partials(sums: GradientSums, params: Sequence[str], eps: float) -> Tensor:
     """``[keys, len(params)]``: the additive totals of :func:`parameter_partials` for several
-    parameters at once — their coordinates side by side, reduced per parameter by one
-    segmented sum (the noise floor is still relative to each tensor's own maximum)."""
+    parameters at once — their coordinates side by side, every key reduced per parameter by
+    one slice sum (the noise floor is still relative to each tensor's own maximum)."""
     t = sums.tensors
     n = t["n"]
-    device = n.device
-    lengths = torch.tensor([sums.shapes[p].numel() for p in params], device=device)
-    segment = torch.repeat_interleave(torch.arange(len(params), device=device), lengths)
+    bounds, start = [], 0
+    for p in params:
+        bounds.append((start, start + sums.shapes[p].numel()))
+        start += sums.shapes[p].numel()
 
     def flat(kind: str) -> Tensor:
         return torch.cat([sums.get(kind, p) for p in params])
 
+    def per_param(values: Tensor, reduce: str) -> Tensor:
+        # one reduction per contiguous run: scatter/segment kernels serialise long segments
+        # on a GPU, and a sum over a slice is a single fast kernel
+        pieces = [
+            getattr(values[..., a:b], reduce)(-1) if b > a else values.new_zeros(values.shape[:-1])
+            for a, b in bounds
+        ]
+        return torch.stack(pieces, dim=-1)
+
     def defined(var: Tensor, msq: Tensor) -> Tensor:
-        # segmented reductions over contiguous runs (scatter's atomics serialise on a GPU)
-        peak = torch.segment_reduce(msq, "max", lengths=lengths, initial=0.0)
-        return (var > RELATIVE_VARIANCE_FLOOR * msq) & (msq > (64 * eps) ** 2 * peak[segment])
+        peak = torch.stack([msq[a:b].amax() if b > a else msq.new_zeros(()) for a, b in bounds])
+        floor = torch.repeat_interleave(
+            peak, torch.tensor([b - a for a, b in bounds], device=peak.device)
+        )
+        return (var > RELATIVE_VARIANCE_FLOOR * msq) & (msq > (64 * eps) ** 2 * floor)
 
     mean_g, msq_g = flat("g") / n, flat("g2") / n
     var_g = (msq_g - mean_g**2).clamp_min(0)
@@ -112,8 +124,7 @@ def _segment_partials(sums: GradientSums, params: Sequence[str], eps: float) -> 
         alpha = (cov / (var_h + 1e-24)).clamp(-2.0, 2.0)
         rows += [var_h, cov, rho, both.to(_F64), torch.where(ok_h, alpha, 0.0),
                  ok_h.to(_F64), alpha]  # fmt: skip
-    stacked = torch.stack(rows, dim=1)  # [coordinates, keys]
-    return torch.segment_reduce(stacked, "sum", lengths=lengths, axis=0, initial=0.0).T
+    return per_param(torch.stack(rows), "sum")  # [keys, params]
 
 
 def parameter_partials(sums: GradientSums, param: str, eps: float) -> dict[str, Tensor]:

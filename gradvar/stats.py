@@ -240,11 +240,12 @@ class _Pack:
         device = rows.device
         lengths = torch.tensor(self.sizes, device=device)
         self.segment = torch.repeat_interleave(torch.arange(len(names), device=device), lengths)
-        per = torch.segment_reduce((rows * rows).T.contiguous(), "sum", lengths=lengths, axis=0)
-        for j, p in enumerate(names):  # the blocks' norms, from one segmented reduction
+        per = torch.zeros(n, len(names), dtype=rows.dtype, device=device)
+        per.index_add_(1, self.segment, rows * rows)  # short segments: few atomics collide
+        for j, p in enumerate(names):  # the blocks' norms, from one reduction
             block = current[p]
             assert isinstance(block, DenseBlock)
-            block._norms_sq = per[j].to(_F64)
+            block._norms_sq = per[:, j].to(_F64)
         self.g = rows.to(_F64)
         self.h = None
         if snapshot is not None:
