@@ -219,3 +219,82 @@ def test_chunks_after_the_verified_first_equal_one_chunk(arch: str) -> None:
         if key[1] in ("m3_top_eigenvalue", "m3_samples"):
             continue  # exact Gram over all chunks vs the one chunk: equal, but tested elsewhere
         assert math.isclose(many.values[key], value, rel_tol=1e-9, abs_tol=1e-13), key
+
+
+def test_instance_norm_with_running_stats_falls_under_the_batchnorm_policy() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 3), torch.nn.InstanceNorm2d(3, affine=True, track_running_stats=True),
+        torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3),
+    ).double()  # fmt: skip
+    with torch.no_grad():  # non-trivial running statistics
+        model(torch.randn(8, 1, 6, 6, dtype=torch.float64) * 2 + 1)
+    before = model[1].running_mean.clone()
+    x = torch.randn(10, 1, 6, 6, dtype=torch.float64)
+    y = torch.randint(0, 3, (10,))
+    result = Probe(model, F.cross_entropy).run((x, y), snapshot=perturbed(model, scale=0.05))
+    assert result.config["routes"]["1.weight"] == "instance_norm"
+    assert torch.equal(model[1].running_mean, before)  # the probe never updates them
+    model.eval()
+    rows = reference.loop_grads(model, F.cross_entropy, x, y)
+    names = list(rows)
+    expected = reference.stats(
+        reference.flat(rows, names), None, segments=reference.sizes(rows, names)
+    )
+    assert math.isclose(
+        result.value("m2_total_variance"), expected["m2_total_variance"], rel_tol=1e-9
+    )
+
+
+def test_batchnorm_without_running_stats_is_refused_by_name() -> None:
+    from gradvar.errors import UnsupportedModelError
+
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4, track_running_stats=False)
+    )
+    with pytest.raises(UnsupportedModelError, match=r"\['1'\].*track_running_stats=True"):
+        Probe(model, F.cross_entropy)
+
+
+def test_float32_model_at_gsnr_1e4_matches_the_float64_loop_to_1e_6() -> None:
+    """README "Precision": a float32 model with a sequence Linear (T > 1: per-example
+    gradients formed by a float32 batched matmul) and a 2-D Linear head (float64 products of
+    its float32 factors), high mean and low variance (GSNR ≈ 5e2 … 4e4): every layer's
+    statistics within 1e-6 relative of the float64 per-example loop on a float64 copy."""
+    torch.manual_seed(0)
+
+    class Seq(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(4, 6)
+            self.head = torch.nn.Linear(6, 1)
+
+        def forward(self, x):
+            return self.head(torch.tanh(self.proj(x)).mean(1))
+
+    def loss(out, target):
+        return ((out - target - 3.0) ** 2).mean()
+
+    model, n = Seq(), 64
+    x = 1.0 + 0.1 * torch.randn(n, 5, 4)  # nearly identical examples: a high mean gradient
+    y = torch.zeros(n, 1)
+    snapshot = {k: v + 1e-3 * torch.randn_like(v) for k, v in model.state_dict().items()}
+    result = Probe(model, loss).run((x, y), snapshot=snapshot)
+    exact = Seq().double()
+    exact.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    x64, y64 = x.double(), y.double()
+    snap64 = {k: v.double() for k, v in snapshot.items()}
+    g = reference.loop_grads(exact, loss, x64, y64)
+    h = reference.loop_grads(exact, loss, x64, y64, state=snap64)
+    table = result.table()
+    gsnr = [float(table.loc[k, "gsnr_mean"]) for k in g]
+    assert min(gsnr) > 300 and max(gsnr) < 1e5 and 3e3 < sorted(gsnr)[2] < 3e4
+    for name in g:
+        expected = reference.stats(g[name].reshape(n, -1), h[name].reshape(n, -1), alphas=(1.0,))
+        for metric in ("m2_total_variance", "grad_norm_sq", "rho_layer", "alpha_star_layer"):
+            got = float(table.loc[name, metric])
+            assert math.isclose(got, expected[metric], rel_tol=1e-6), (name, metric, got)
+        # vr = Var(g) − 2 Cov + Var(h) cancels when θ̃ ≈ θ: relative to its terms' size
+        scale = 4 * expected["m2_total_variance"]
+        got = float(table.loc[name, "vr_variance@1.0"])
+        assert abs(got - expected["vr_variance@1.0"]) <= 1e-6 * scale, (name, got)

@@ -28,12 +28,14 @@ __all__ = ["POLICIES", "batchnorm_modules", "check_policy", "frozen_batchnorm", 
 POLICIES = ("eval", "replace", "refuse")
 
 
-def batchnorm_modules(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
-    """All BatchNorm layers of ``model`` by module path."""
+def batchnorm_modules(model: nn.Module) -> dict[str, nn.modules.batchnorm._NormBase]:
+    """Layers under the BatchNorm policy, by module path: every BatchNorm, and InstanceNorm
+    with ``track_running_stats`` (whose train mode would update its running statistics)."""
     return {
         name: m
         for name, m in model.named_modules()
         if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        or (isinstance(m, nn.modules.instancenorm._InstanceNorm) and m.track_running_stats)
     }
 
 
@@ -42,6 +44,14 @@ def check_policy(model: nn.Module, policy: str) -> None:
     if policy not in POLICIES:
         raise InvalidArgumentError(f"batchnorm must be one of {POLICIES}, got batchnorm={policy!r}")
     found = batchnorm_modules(model)
+    no_stats = [n for n, m in found.items() if m.running_mean is None]
+    if no_stats:
+        raise UnsupportedModelError(
+            f"BatchNorm layers {sorted(no_stats)} keep no running statistics "
+            "(track_running_stats=False), so they normalise by each batch's own statistics "
+            "and couple its examples: per-example gradients are not defined. Build them with "
+            "track_running_stats=True, or use GroupNorm/LayerNorm."
+        )
     if policy == "refuse" and found:
         raise UnsupportedModelError(
             f"model has BatchNorm layers {sorted(found)} and batchnorm='refuse'; per-example "
