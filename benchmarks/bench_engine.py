@@ -88,7 +88,9 @@ def build(name: str, device: str) -> tuple[nn.Module, Tensor, Tensor, LossFn]:
     elif name == "gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        config = GPT2Config(n_layer=4, n_embd=256, n_head=4, vocab_size=8192, n_positions=128)
+        config = GPT2Config(n_layer=4, n_embd=256, n_head=4, vocab_size=8192, n_positions=128,
+                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                            bos_token_id=0, eos_token_id=0)  # fmt: skip
         model = Logits(GPT2LMHeadModel(config))
         x = torch.randint(0, 8192, (64, 128), generator=gen)
         y = torch.randint(0, 8192, (64, 128), generator=gen)
@@ -186,6 +188,7 @@ def _opacus(work: nn.Module):
     from opacus import GradSampleModule
 
     def backward(wrapped, x, y, loss):
+        wrapped.train()  # Opacus records activations in train mode only
         wrapped.zero_grad()
         loss(wrapped(x), y).backward()
 

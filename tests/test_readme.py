@@ -34,3 +34,34 @@ def test_alpha_svrg_example_runs() -> None:
     namespace = {"model": model, "loader": loader, "epochs": 2, "torch": torch, "F": F}
     exec("import gradvar\n" + _python_blocks()[3], namespace)  # noqa: S102
     assert namespace["opt"].state_dict()["state"] is not None
+
+
+def test_user_rule_example_runs_and_is_exact() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from gradvar import Probe, per_sample_grads
+    from gradvar.grads.rules._base import _USER
+
+    class Scale(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.s = torch.nn.Parameter(torch.linspace(0.5, 1.5, 4))
+
+        def forward(self, x):
+            return x * self.s
+
+    block = next(b for b in _python_blocks() if "class ScaleRule" in b)
+    try:
+        exec(block, {"Scale": Scale})  # noqa: S102 - the README's rule example, verbatim
+        model = torch.nn.Sequential(torch.nn.Linear(3, 4), Scale(), torch.nn.Tanh(),
+                                    torch.nn.Linear(4, 2)).double()  # fmt: skip
+        x, y = torch.randn(9, 3, dtype=torch.float64), torch.randint(0, 2, (9,))
+        result = Probe(model, F.cross_entropy).run((x, y))
+        assert result.config["routes"]["1.s"] == "scale"
+        rows = per_sample_grads(model, x, y, F.cross_entropy, rules=False)["1.s"]
+        assert (
+            abs(result.value("m2_total_variance", "1.s") - float(rows.var(0, False).sum())) < 1e-12
+        )
+    finally:
+        _USER.clear()
