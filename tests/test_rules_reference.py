@@ -298,3 +298,38 @@ def test_float32_model_at_gsnr_1e4_matches_the_float64_loop_to_1e_6() -> None:
         scale = 4 * expected["m2_total_variance"]
         got = float(table.loc[name, "vr_variance@1.0"])
         assert abs(got - expected["vr_variance@1.0"]) <= 1e-6 * scale, (name, got)
+
+
+class PackedLSTM(torch.nn.Module):
+    """Variable-length sequences: zero-padded inputs, lengths from the padding, packed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = torch.nn.LSTM(3, 4, batch_first=True)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        lengths = (x.abs().sum(-1) > 0).sum(1).cpu()
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, True, enforce_sorted=False)
+        _, (h, _) = self.rnn(packed)
+        return self.head(h[-1])
+
+
+def test_packed_variable_length_sequences_go_through_the_loop_exactly() -> None:
+    torch.manual_seed(0)
+    model = PackedLSTM().double()
+    x = torch.randn(7, 5, 3, dtype=torch.float64)
+    for i, length in enumerate([5, 2, 4, 1, 3, 5, 2]):
+        x[i, length:] = 0
+    y = torch.randint(0, 3, (7,))
+    result = Probe(model, F.cross_entropy).run((x, y), snapshot=perturbed(model, scale=0.05))
+    routes = result.config["routes"]
+    assert routes["rnn.weight_ih_l0"] == "loop" and routes["head.weight"] == "linear"
+    assert "vmap failed" in result.config["route_reasons"]["rnn.weight_ih_l0"]
+    rows = reference.loop_grads(model, F.cross_entropy, x, y)
+    names = list(rows)
+    expected = reference.stats(
+        reference.flat(rows, names), None, segments=reference.sizes(rows, names)
+    )
+    for metric in ("m2_total_variance", "m1_cosine", "m3_top_eigenvalue"):
+        assert math.isclose(result.value(metric), expected[metric], rel_tol=1e-9), metric

@@ -6,7 +6,8 @@ capture what each parametrised module saw, and a small rule per layer kind (see
 :mod:`gradvar.grads.rules`) turns that into per-example gradient blocks. A parameter used by
 several modules or calls gets the per-example sum over its uses. Parameters no rule covers are
 watched for direct broadcasting uses (``cls_token``, ``pos_embed``), and whatever is left goes
-through ``vmap(grad)`` for those parameters only.
+through ``vmap(grad)`` for those parameters only — or, where vmap cannot trace the model
+(packed variable-length sequences), a per-sample backward loop.
 
 Nothing is silently wrong: on the first chunk every rule-routed parameter is checked against
 autograd — the sum of its per-example gradients against the batched gradient, and example 0's
@@ -26,14 +27,16 @@ from torch.func import functional_call
 from gradvar._utils import RngState, capture_rng, replay_rng
 from gradvar.blocks import DenseBlock, GradBlock, sum_blocks
 from gradvar.grads._capture import ModuleCapture
+from gradvar.grads._loop import loop_blocks
 from gradvar.grads._loss import LossFn, per_example_losses
 from gradvar.grads._vmap import vmap_blocks
 from gradvar.grads.rules import DirectUses, NotApplicable, Rule, rule_for
 
-__all__ = ["GradientEngine", "VMAP", "DIRECT"]
+__all__ = ["GradientEngine", "VMAP", "DIRECT", "LOOP"]
 
 VMAP = "vmap"
 DIRECT = "direct"
+LOOP = "loop"  # a per-sample backward loop, where vmap cannot trace the model
 _VERIFY_RTOL = {torch.float64: 1e-8, torch.float32: 2e-4}
 
 
@@ -99,8 +102,8 @@ class GradientEngine:
 
     @property
     def closed_form_params(self) -> list[str]:
-        """Parameters currently handled without vmap."""
-        return [n for n in self.param_names if self.routes[n] != VMAP]
+        """Parameters currently handled by a rule (neither vmap nor the loop)."""
+        return [n for n in self.param_names if self.routes[n] not in (VMAP, LOOP)]
 
     def _fall_back(self, name: str, reason: str) -> None:
         self.routes[name] = VMAP
@@ -127,21 +130,24 @@ class GradientEngine:
         if hooked:
             with replay_rng(rng):
                 out.update(self._hooked_blocks(params, buffers, inputs, targets, hooked))
-        rest = [n for n in self.param_names if n not in out]
+        rest = [n for n in self.param_names if n not in out and self.routes[n] != LOOP]
+        args = (params, buffers, rest, inputs, targets, self.unit_size)
         if rest:
+            try:
+                with replay_rng(rng):
+                    out.update(vmap_blocks(self.model, self.loss_fn, *args))
+            except Exception as err:  # noqa: BLE001 - vmap cannot trace this model
+                for name in rest:
+                    self.routes[name] = LOOP
+                    self.reasons[name] = (
+                        self.reasons.get(name, "") + f"; vmap failed ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:160]})"
+                    ).lstrip("; ")
+        looped = [n for n in self.param_names if self.routes[n] == LOOP]
+        if looped:
             with replay_rng(rng):
-                out.update(
-                    vmap_blocks(
-                        self.model,
-                        self.loss_fn,
-                        params,
-                        buffers,
-                        rest,
-                        inputs,
-                        targets,
-                        self.unit_size,
-                    )
-                )
+                out.update(loop_blocks(self.model, self.loss_fn, params, buffers, looped,
+                                       inputs, targets, self.unit_size))  # fmt: skip
         return {name: out[name] for name in self.param_names}
 
     def _hooked_blocks(
@@ -170,7 +176,8 @@ class GradientEngine:
             )
         else:  # to the captured outputs only: no weight-gradient GEMMs are spent
             torch.autograd.grad(
-                losses.sum(), self._grad_targets(hooked, leaves, capture, uses_mode),
+                losses.sum(),
+                self._grad_targets(hooked, leaves, capture, uses_mode),
                 allow_unused=True,
             )
         capture.release()  # no cycle tensor → hook → call → tensor outlives the backward
