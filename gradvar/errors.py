@@ -16,6 +16,8 @@ __all__ = [
     "DataNotFoundError",
     "MemoryBudgetError",
     "OptimizerStateError",
+    "GradvarWarning",
+    "CheckpointWarning",
 ]
 
 
@@ -49,3 +51,11 @@ class MemoryBudgetError(GradvarError, MemoryError):
 
 class OptimizerStateError(GradvarError, RuntimeError):
     """An optimizer method was called out of order (e.g. step() with no snapshot gradient)."""
+
+
+class GradvarWarning(UserWarning):
+    """Base class of every warning gradvar issues on purpose."""
+
+
+class CheckpointWarning(GradvarWarning):
+    """A file in a run folder was skipped (its step cannot be told, ...); the message names it."""
