@@ -16,6 +16,7 @@ __all__ = [
     "DataNotFoundError",
     "MemoryBudgetError",
     "OptimizerStateError",
+    "StaleRecordsError",
     "GradvarWarning",
     "CheckpointWarning",
 ]
@@ -51,6 +52,10 @@ class MemoryBudgetError(GradvarError, MemoryError):
 
 class OptimizerStateError(GradvarError, RuntimeError):
     """An optimizer method was called out of order (e.g. step() with no snapshot gradient)."""
+
+
+class StaleRecordsError(GradvarError):
+    """A records file holds rows computed with other settings; the message says how to resume."""
 
 
 class GradvarWarning(UserWarning):

@@ -239,6 +239,9 @@ class Probe:
         batches = as_batches(data)
         if iter(batches) is batches:  # a one-shot iterator: extra passes (Lanczos, BatchNorm
             batches = list(batches)  # 'replace') must see the same batches again
+        from gradvar._validation import check_probe_data  # bad data: a named error, no work
+
+        check_probe_data(self.model, self.loss_fn, batches, unit_size=self.unit_size)
         current = self._weights(self.model)
         paired = snapshot is not None
         snap = self._weights(snapshot) if paired else None
