@@ -161,6 +161,8 @@ def _check_labels(model: nn.Module, x: Tensor, y: Tensor, where: str, classes: i
 
 
 def _check_count(examples: int, unit_size: int | None) -> None:
+    if examples == 0:
+        raise InvalidArgumentError("data is empty (0 examples); pass at least 2 examples")
     if unit_size is not None and unit_size > examples:
         raise InvalidArgumentError(
             f"unit={unit_size} is larger than the data ({examples} examples): a mini-batch "
