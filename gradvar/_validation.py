@@ -21,7 +21,7 @@ there is one, so the check never costs an extra pass over the data.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
