@@ -86,13 +86,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    from gradvar._resume import read_sidecar
     from gradvar.plots import plot_all
     from gradvar.records import read_records
     from gradvar.report import write_report
 
     records = read_records(args.results)
-    figures = plot_all(records, args.out)
-    report = write_report(records, args.out, figures=figures) if not args.no_report else None
+    kinds: dict[str, Any] = {}
+    for entry in read_sidecar(Path(args.results))["runs"].values():
+        kinds.update(entry.get("layer_kinds", {}))
+    figures = plot_all(records, args.out, layer_kinds=kinds or None)
+    report = (
+        write_report(records, args.out, figures=figures, layer_kinds=kinds or None)
+        if not args.no_report
+        else None
+    )
     print(
         f"{sum(len(v) for v in figures.values())} figure files in {args.out}"
         + (f"; report {report}" if report else "")
