@@ -34,3 +34,12 @@ def test_alpha_svrg_example_runs() -> None:
     namespace = {"model": model, "loader": loader, "epochs": 2, "torch": torch, "F": F}
     exec("import gradvar\n" + _python_blocks()[3], namespace)  # noqa: S102
     assert namespace["opt"].state_dict()["state"] is not None
+
+
+def test_readme_metric_table_lists_every_recorded_metric() -> None:
+    from gradvar.records import METRICS
+
+    text = README.read_text()
+    table = text[text.index("| metric | definition |") : text.index("Statistics are additive")]
+    missing = [metric for metric in METRICS if f"`{metric}`" not in table]
+    assert not missing, f"README metric table lacks {missing}"
