@@ -19,44 +19,53 @@ drawn to scale on every step axis, and every panel has its y label.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
-import re
-import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import ListedColormap, Normalize
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from gradvar._plot_draw import (  # first: it chooses the matplotlib backend
+    DEPTH_CMAP,
+    MAX_LEGEND_LAYERS,
+    REFERENCE_GID,
+    SNAPSHOT_STYLE,
+    _add_epoch_axis,
+    _at_snapshot,
+    _direct_labels,
+    _layer_colors,
+    _legend,
+    _log_if_wide,
+    _off_snapshot_curve,
+    _panels,
+    _root_figure,
+    _snapshot_lines,
+    _styled,
+    sns,
+)
+from gradvar._plot_rows import (
+    _checked,
+    _curve,
+    _Filter,
+    _label,
+    _metric_rows,
+    _ordered,
+    _rows_with,
+    _slug,
+    _unit_of,
+    depth_layers,
+    layer_order,
+)
 from gradvar.errors import InvalidArgumentError
-from gradvar.records import WHOLE_MODEL, off_snapshot, validate
-
-
-def _choose_backend() -> None:
-    """Use Agg on a machine without a display, unless a backend was already chosen.
-
-    A backend is already chosen when ``MPLBACKEND`` is set (Jupyter's kernel sets it to the
-    inline backend) or pyplot is imported; seaborn imports pyplot, so this runs before it.
-    """
-    if os.environ.get("MPLBACKEND") or "matplotlib.pyplot" in sys.modules:
-        return
-    has_display = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
-    if sys.platform.startswith("linux") and not has_display:
-        matplotlib.use("Agg")
-
-
-_choose_backend()
-
-import seaborn as sns  # noqa: E402  (after the backend choice: seaborn imports pyplot)
+from gradvar.records import WHOLE_MODEL, off_snapshot
 
 __all__ = [
     "REFERENCE_GID",
@@ -75,6 +84,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 VARIANCE_METRICS: tuple[str, ...] = ("m1_cosine", "m2_total_variance", "m3_top_eigenvalue")
 SNAPSHOT_RELATIVE_METRICS: tuple[str, ...] = (
@@ -85,298 +95,7 @@ SNAPSHOT_RELATIVE_METRICS: tuple[str, ...] = (
     "vr_variance",
     "vr_variance_ratio",
 )
-
-_LABELS = {
-    "m1_cosine": "metric 1: directional variance",
-    "m2_total_variance": "metric 2: total variance",
-    "m3_top_eigenvalue": "metric 3: top eigenvalue",
-    "rho_mean": "ρ (mean over coordinates)",
-    "rho_layer": "ρ (per layer)",
-    "alpha_star_mean": "α* (mean over coordinates)",
-    "alpha_star_layer": "α* (per layer)",
-    "vr_variance": "Var(v)",
-    "vr_variance_ratio": "Var(v) / Var(g)",
-}
-_MAX_LEGEND_LAYERS = 20  # more layers: a depth colour bar instead of one legend entry each
-_MAX_DIRECT_LABELS = 12  # up to this many lines are also labelled at their right end
-_DEPTH_CMAP = ListedColormap(matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, 256)))
-_SNAPSHOT_STYLE = {"color": "0.3", "linestyle": ":", "linewidth": 1.2}
 _RUN_LINESTYLES = ("-", "--", "-.", (0, (5, 1, 1, 1, 1, 1)))
-_Filter = str | Sequence[str] | None
-REFERENCE_GID = "gradvar-reference"  # gid of guide lines (snapshots, ratio 1), not data
-
-
-# ---------------------------------------------------------------------------------- records
-
-
-def layer_order(records: pd.DataFrame) -> list[str]:
-    """Layers in model order (first appearance in ``records``), ``__all__`` last."""
-    seen = [str(layer) for layer in pd.unique(records["layer"].dropna())]
-    layers = [layer for layer in seen if layer != WHOLE_MODEL]
-    return layers + [WHOLE_MODEL] if WHOLE_MODEL in seen else layers
-
-
-_NORM_WORDS = {"bn", "norm", "ln", "gn", "layernorm", "batchnorm", "groupnorm", "rmsnorm"}
-
-
-def _is_norm(layer: str, kinds: Mapping[str, Sequence[str]] | None) -> bool:
-    if kinds is not None and layer in kinds:
-        return any("Norm" in kind for kind in kinds[layer])
-    words = re.split(r"[._\d]+", layer.lower())
-    return any(w in _NORM_WORDS or w.endswith("norm") for w in words)
-
-
-def depth_layers(
-    layers: Sequence[str],
-    *,
-    include_bias: bool = False,
-    kinds: Mapping[str, Sequence[str]] | None = None,
-) -> list[str]:
-    """The layers that count for depth: one per module, weights only.
-
-    ``__all__`` is dropped; so are ``*.bias`` tensors (a bias shares its weight's depth and
-    holds few coordinates) unless ``include_bias``, and normalisation layers (their weights
-    are per-channel scales, not a depth of the network): by ``kinds`` (layer -> module class
-    names, as ``analyze`` records them) when given, else by names such as ``bn1``, ``norm``,
-    ``ln_f``. When nothing else is left, the dropped layers are kept.
-    """
-    layers = [layer for layer in layers if layer != WHOLE_MODEL]
-    weights = [
-        layer
-        for layer in layers
-        if (include_bias or not layer.endswith(".bias")) and not _is_norm(layer, kinds)
-    ]
-    return weights or layers
-
-
-def _checked(records: pd.DataFrame) -> pd.DataFrame:
-    if not isinstance(records, pd.DataFrame):
-        raise InvalidArgumentError(
-            f"records must be a pandas DataFrame, got {type(records).__name__}; "
-            "load one with gradvar.records.read_records(path)"
-        )
-    frame = validate(records)
-    if frame.empty:
-        raise InvalidArgumentError("records table is empty: there is nothing to plot")
-    return frame
-
-
-def _as_list(wanted: _Filter) -> list[str] | None:
-    return [wanted] if isinstance(wanted, str) else None if wanted is None else list(wanted)
-
-
-def _subset(rows: pd.DataFrame, column: str, wanted: _Filter, metric: str) -> pd.DataFrame:
-    names = _as_list(wanted)
-    if names is None:
-        return rows
-    available = [str(v) for v in pd.unique(rows[column].dropna())]
-    missing = [name for name in names if name not in available]
-    if missing:
-        raise InvalidArgumentError(
-            f"no rows with {column} in {missing} for metric={metric!r}; "
-            f"{column}s present: {available}"
-        )
-    return rows[rows[column].isin(names).fillna(False).to_numpy(dtype=bool)]
-
-
-def _metric_rows(
-    frame: pd.DataFrame,
-    metric: str,
-    *,
-    runs: _Filter = None,
-    layers: _Filter = None,
-    unit: str | int | None = None,
-) -> pd.DataFrame:
-    """The finite rows of ``metric`` after the run, layer and unit filters, in one unit."""
-    rows = _rows_with(frame, "metric", metric)
-    if rows.empty:
-        present = sorted(str(m) for m in pd.unique(frame["metric"].dropna()))
-        raise InvalidArgumentError(
-            f"records have no rows with metric={metric!r}; metrics present: {present}"
-        )
-    rows = _subset(rows, "run", runs, metric)
-    rows = _subset(rows, "layer", layers, metric)
-    units = [str(u) for u in pd.unique(rows["unit"].dropna())]
-    if unit is not None:
-        rows = _subset(rows, "unit", str(unit), metric)
-    elif len(units) > 1:
-        raise InvalidArgumentError(
-            f"rows of metric={metric!r} mix units {units}; values at different units are not "
-            "comparable (variance scales by 1/b for mini-batches of b): pass unit=one of them"
-        )
-    rows = rows.dropna(subset=["step", "value"])
-    rows = rows[np.isfinite(rows["value"].to_numpy(dtype=float))]
-    if rows.empty:
-        raise InvalidArgumentError(f"rows of metric={metric!r} hold no finite value with a step")
-    return rows
-
-
-def _rows_with(rows: pd.DataFrame, column: str, value: str) -> pd.DataFrame:
-    return rows[rows[column].eq(value).fillna(False).to_numpy(dtype=bool)]
-
-
-def _ordered(values: pd.Series) -> list[str]:
-    return [str(v) for v in pd.unique(values.dropna())]
-
-
-def _unit_of(rows: pd.DataFrame) -> str:
-    units = _ordered(rows["unit"])
-    text = ", ".join("sample" if u == "sample" else f"mini-batch of {u}" for u in units)
-    return f"unit: {text or 'unknown'}"
-
-
-def _curve(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values) sorted by step, duplicates at one step averaged."""
-    by_step = rows.groupby("step", sort=True)["value"].mean()
-    return by_step.index.to_numpy(dtype=float), by_step.to_numpy(dtype=float)
-
-
-def _label(metric: str) -> str:
-    return _LABELS.get(metric, metric)
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "run"
-
-
-# ---------------------------------------------------------------------------------- drawing
-
-
-@contextlib.contextmanager
-def _styled() -> Iterator[None]:
-    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
-        yield
-
-
-def _root_figure(ax: Axes) -> Figure:
-    figure = ax.get_figure()
-    while figure is not None and not isinstance(figure, Figure):
-        figure = figure.get_figure()
-    if figure is None:
-        raise InvalidArgumentError("ax is not attached to a figure")
-    return figure
-
-
-def _panels(
-    count: int, ax: Axes | None, *, panel_size: tuple[float, float], sharey: bool
-) -> tuple[Figure, list[Axes]]:
-    """A figure with ``count`` panels (at most 3 a row), or ``ax``'s figure and ``[ax]``."""
-    if ax is not None:
-        return _root_figure(ax), [ax]
-    ncols = min(count, 3)
-    nrows = -(-count // ncols)
-    fig = Figure(figsize=(panel_size[0] * ncols, panel_size[1] * nrows), layout="constrained")
-    axes = list(fig.subplots(nrows, ncols, sharey=sharey, squeeze=False).ravel())
-    for extra in axes[count:]:
-        extra.remove()
-    return fig, axes[:count]
-
-
-def _layer_colors(layers: Sequence[str]) -> dict[str, tuple[float, ...]]:
-    """Well-separated qualitative colours (up to 20 layers), else by depth (dark = first);
-    the whole model in black."""
-    depth = [layer for layer in layers if layer != WHOLE_MODEL]
-    if len(depth) <= 10:
-        shades = list(matplotlib.colormaps["tab10"].colors)[: len(depth)]
-    elif len(depth) <= _MAX_LEGEND_LAYERS:
-        tab20 = list(matplotlib.colormaps["tab20"].colors)
-        shades = (tab20[0::2] + tab20[1::2])[: len(depth)]  # strong shades first
-    else:
-        shades = list(_DEPTH_CMAP(np.linspace(0.0, 1.0, len(depth))))
-    colors = {layer: tuple(shade) for layer, shade in zip(depth, shades)}
-    colors[WHOLE_MODEL] = (0.0, 0.0, 0.0, 1.0)
-    return colors
-
-
-def _at_snapshot(rows: pd.DataFrame) -> np.ndarray:
-    return (rows["step"] == rows["snapshot_step"]).fillna(False).to_numpy(dtype=bool)
-
-
-def _snapshot_lines(ax: Axes, rows: pd.DataFrame) -> int:
-    """Dotted vertical lines at the checkpoints taken at their snapshot; their count."""
-    steps = np.unique(rows["step"][_at_snapshot(rows)].dropna().to_numpy(dtype=float))
-    for step in steps:
-        # zorder 1: above the grid, below the data
-        ax.axvline(step, label="_snapshot", gid=REFERENCE_GID, zorder=1, **_SNAPSHOT_STYLE)
-    return len(steps)
-
-
-def _off_snapshot_curve(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values) of the checkpoints away from their snapshot, a NaN gap where the
-    snapshot changes (each interval is its own piece of the sawtooth), unless every
-    checkpoint has its own snapshot (pairing with the previous checkpoint)."""
-    off = rows[~_at_snapshot(rows)]
-    by_step = off.groupby("step", sort=True).agg(
-        value=("value", "mean"), snap=("snapshot_step", "first")
-    )
-    steps = by_step.index.to_numpy(dtype=float)
-    values = by_step["value"].to_numpy(dtype=float)
-    snaps = by_step["snap"].to_numpy(dtype=float)
-    if len(steps) < 2 or len(np.unique(snaps)) == len(snaps):
-        return steps, values
-    breaks = np.flatnonzero(np.diff(snaps) != 0) + 1
-    return (
-        np.insert(steps, breaks, np.nan),
-        np.insert(values, breaks, np.nan),
-    )
-
-
-def _direct_labels(ax: Axes, curves: Sequence[tuple[str, np.ndarray, np.ndarray, tuple]]) -> None:
-    """Each line's name at its last point, nudged apart so labels do not overlap."""
-    ends = [(name, x[np.isfinite(y)][-1], y[np.isfinite(y)][-1], color)
-            for name, x, y, color in curves if np.isfinite(y).any()]  # fmt: skip
-    if not ends or len(ends) > _MAX_DIRECT_LABELS:
-        return
-    low, high = ax.get_ylim()
-    gap = 0.045 * (high - low)
-    placed: list[float] = []
-    for name, x, y, color in sorted(ends, key=lambda e: e[2]):
-        y_text = y if not placed or y >= placed[-1] + gap else placed[-1] + gap
-        placed.append(y_text)
-        short = name[: -len(".weight")] if name.endswith(".weight") else name
-        ax.annotate(
-            short,
-            xy=(x, y_text),
-            xytext=(4, 0),
-            textcoords="offset points",
-            va="center",
-            fontsize="x-small",
-            color=color,
-            annotation_clip=False,
-        )
-
-
-def _add_epoch_axis(ax: Axes, rows: pd.DataFrame) -> None:
-    """A secondary top axis in epochs, when epoch is an exact linear function of step."""
-    pairs = rows[["step", "epoch"]].dropna().drop_duplicates()
-    steps, epochs = pairs["step"].to_numpy(dtype=float), pairs["epoch"].to_numpy(dtype=float)
-    if len(pairs) < 2 or np.ptp(steps) == 0:
-        return
-    slope, intercept = np.polyfit(steps, epochs, 1)
-    residual = np.max(np.abs(slope * steps + intercept - epochs))
-    if slope <= 0 or residual > 1e-3 * max(1.0, float(np.ptp(epochs))):
-        return  # runs with different epoch lengths, or epochs rounded: no exact mapping
-
-    def to_epoch(step: np.ndarray) -> np.ndarray:
-        return slope * np.asarray(step, dtype=float) + intercept
-
-    def to_step(epoch: np.ndarray) -> np.ndarray:
-        return (np.asarray(epoch, dtype=float) - intercept) / slope
-
-    ax.secondary_xaxis("top", functions=(to_epoch, to_step)).set_xlabel("epoch")
-
-
-def _log_if_wide(ax: Axes, values: np.ndarray) -> None:
-    """Log y scale when every value is positive and they span more than two decades."""
-    if len(values) and np.all(values > 0) and values.max() / values.min() > 100:
-        ax.set_yscale("log")
-
-
-def _legend(fig: Figure, ax: Axes, own_figure: bool, handles: list, title: str) -> None:
-    if own_figure:
-        fig.legend(handles=handles, title=title, loc="outside right upper", frameon=False)
-    else:
-        ax.legend(handles=handles, title=title, fontsize="small")
 
 
 # ---------------------------------------------------------------------------------- figures
@@ -444,15 +163,15 @@ def alpha_star_over_steps(
             _direct_labels(panel, curves)
         depth = [layer for layer in order if layer != WHOLE_MODEL]
         handles: list = []
-        if len(depth) > _MAX_LEGEND_LAYERS:
-            mappable = ScalarMappable(Normalize(0, len(depth) - 1), _DEPTH_CMAP)
+        if len(depth) > MAX_LEGEND_LAYERS:
+            mappable = ScalarMappable(Normalize(0, len(depth) - 1), DEPTH_CMAP)
             fig.colorbar(mappable, ax=axes, label="layer depth index (0 = first)")
         else:
             handles += [Line2D([], [], color=colors[layer], lw=1.4, label=layer) for layer in depth]
         if WHOLE_MODEL in order:
             handles.append(Line2D([], [], color=colors[WHOLE_MODEL], lw=2.2, label=WHOLE_MODEL))
         if snapshots:
-            handles.append(Line2D([], [], label="checkpoint at a snapshot", **_SNAPSHOT_STYLE))
+            handles.append(Line2D([], [], label="checkpoint at a snapshot", **SNAPSHOT_STYLE))
         _legend(fig, axes[-1], ax is None, handles, "layer")
         if len(run_names) > 1:  # wide figure: the title spans the panels, each names its run
             fig.suptitle(f"{_label(metric)} over training ({_unit_of(rows)})")
@@ -714,7 +433,7 @@ def vr_variance_plot(
         handles, _ = panel.get_legend_handles_labels()
         handles.append(Line2D([], [], label="1 (above: adds variance)", **reference))
         if has_snapshots:
-            handles.append(Line2D([], [], label="checkpoint at a snapshot", **_SNAPSHOT_STYLE))
+            handles.append(Line2D([], [], label="checkpoint at a snapshot", **SNAPSHOT_STYLE))
         _legend(fig, panel, ax is None, handles, "α, run" if len(run_names) > 1 else "α")
     return fig
 
