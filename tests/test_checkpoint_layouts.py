@@ -238,6 +238,17 @@ def test_every_layout_gives_the_same_records(runs, tmp_path: Path) -> None:
     assert set(frames["hf-trainer"]["checkpoint"]) == {f"checkpoint-{s}" for s in STEPS}
 
 
+def test_trainer_output_dir_with_its_final_save(tmp_path: Path) -> None:
+    states = _states()
+    write_hf(tmp_path, states)
+    safetensors.torch.save_file(states[16], tmp_path / "model.safetensors")  # save_model()
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": 16, "epoch": 2.0}))
+    (tmp_path / "training_args.bin").write_bytes(pickle.dumps(_Opaque()))
+    series = CheckpointSeries(tmp_path)
+    assert [c.name for c in series] == [f"checkpoint-{s}" for s in STEPS]
+    assert dict(series.skipped)[tmp_path.name] == "same weights as checkpoint-16 (step 16)"
+
+
 def test_steps_come_from_names_never_from_metric_values(tmp_path: Path) -> None:
     states = _states()
     for epoch, step in enumerate(STEPS):  # only epochs and metrics in the names

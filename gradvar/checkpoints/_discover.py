@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gradvar.checkpoints._common import listing
-from gradvar.checkpoints._hf_folder import HFFolder, is_hf_folder
+from gradvar.checkpoints._hf_folder import HFFolder, is_hf_folder, is_hf_weight_file
 from gradvar.checkpoints._names import non_weight_reason
 from gradvar.checkpoints._reader import Reader
 from gradvar.checkpoints._safetensors_file import SafetensorsFile
@@ -40,8 +40,11 @@ def reader_for(path: Path, weights: str = "model") -> Reader:
 def _entries(folder: Path, root: Path, skipped: Skipped) -> list[Path]:
     """Checkpoint files and HF folders anywhere under ``folder``."""
     found: list[Path] = []
+    hf_root = is_hf_folder(folder)  # its own weight files are read as the folder
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith(".") or entry.name == "__pycache__":
+            continue
+        if hf_root and entry.is_file() and is_hf_weight_file(entry.name):
             continue
         if entry.is_dir():
             found += [entry] if is_hf_folder(entry) else _entries(entry, root, skipped)

@@ -12,6 +12,7 @@ is never read as such.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,16 @@ from gradvar.checkpoints._safetensors_file import load_tensors
 from gradvar.checkpoints._weights import split_weights
 from gradvar.errors import CheckpointError
 
-__all__ = ["HFFolder", "is_hf_folder"]
+__all__ = ["HFFolder", "is_hf_folder", "is_hf_weight_file"]
 
 _SINGLE = ("model.safetensors", "pytorch_model.bin")
 _INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 TRAINER_STATE = "trainer_state.json"
+
+
+def is_hf_weight_file(name: str) -> bool:
+    """True for the weight files a Hugging Face folder holds (single or a shard)."""
+    return bool(re.fullmatch(r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)", name))
 
 
 def is_hf_folder(folder: Path) -> bool:

@@ -116,7 +116,8 @@ class CheckpointSeries(Sequence[Checkpoint]):
         for reader in readers:
             meta = reader.metadata()
             step, epoch, step_from = step_and_epoch(reader.path, meta)
-            label = reader.path.relative_to(base).as_posix() if reader.path != base else "."
+            # a Trainer output_dir's own final save is named after the folder
+            label = reader.path.relative_to(base).as_posix() if reader.path != base else base.name
             args = {"path": reader.path, "meta": meta, "step": step, "epoch": epoch,
                     "step_from": step_from, "label": label, "weights": self.weights}  # fmt: skip
             candidates.append(_Candidate(args, parse_name(reader.path.name).alias))
@@ -192,7 +193,10 @@ class CheckpointSeries(Sequence[Checkpoint]):
             by_step.setdefault(step, []).append(c)
         checkpoints = []
         for step in sorted(by_step):
-            group = sorted(by_step[step], key=lambda c: (bool(c.alias), len(c.name), c.name))
+            group = sorted(
+                by_step[step],
+                key=lambda c: (bool(c.alias), c.args["path"] == self.path, len(c.name), c.name),
+            )
             if len(group) > 1:
                 digests = {c.weights_digest() for c in group}
                 if len(digests) > 1:
