@@ -120,7 +120,12 @@ def load_data(
     options = {k: v for k, v in spec.items() if k not in ("name", "n", "split", "seed")}
     split = str(spec.get("split", split))
     if name in DATASETS:
-        data: Any = load_dataset(name, split=split, n=n, seed=seed, **options)
+        try:
+            data: Any = load_dataset(name, split=split, n=n, seed=seed, **options)
+        except InvalidArgumentError:
+            if explicit_n or n is None:
+                raise
+            data = load_dataset(name, split=split, n=None, seed=seed, **options)  # all there is
     else:
         fn = resolve(name, "--data")
         offered = {"split": split, "n": n, "seed": seed, **options}

@@ -368,8 +368,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if argv is None:
         _one_line_warnings()
+        from gradvar.errors import CheckpointWarning
+
+        # the series and analyze summaries list every skipped file with its reason
+        warnings.filterwarnings("ignore", category=CheckpointWarning)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # output piped into head & co.: stop quietly
+        sys.stderr.close()
+        return 0
     except (GradvarError, ValueError, FileNotFoundError, KeyError, ImportError) as exc:
         if os.environ.get("GRADVAR_TRACEBACK") or argv is not None:
             raise  # asked for, or called programmatically (e.g. by the demo): propagate

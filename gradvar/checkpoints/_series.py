@@ -195,7 +195,13 @@ class CheckpointSeries(Sequence[Checkpoint]):
         for step in sorted(by_step):
             group = sorted(
                 by_step[step],
-                key=lambda c: (bool(c.alias), c.args["path"] == self.path, len(c.name), c.name),
+                key=lambda c: (
+                    bool(c.alias),
+                    c.args["path"] == self.path,
+                    parse_name(c.args["path"].name).step != step,  # prefer names telling it
+                    len(c.name),
+                    c.name,
+                ),
             )
             if len(group) > 1:
                 digests = {c.weights_digest() for c in group}
