@@ -98,6 +98,15 @@ SNAPSHOT_RELATIVE_METRICS: tuple[str, ...] = (
 _RUN_LINESTYLES = ("-", "--", "-.", (0, (5, 1, 1, 1, 1, 1)))
 
 
+def _require_off_snapshot(rows: pd.DataFrame, metric: str) -> None:
+    """A snapshot-relative figure needs a checkpoint away from its snapshot."""
+    if metric in SNAPSHOT_RELATIVE_METRICS and off_snapshot(rows).empty:
+        raise InvalidArgumentError(
+            f"every row of metric={metric!r} is at a snapshot (θ = θ̃, so ρ = α* = 1 by "
+            "construction): nothing to draw"
+        )
+
+
 # ---------------------------------------------------------------------------------- figures
 
 
@@ -125,6 +134,7 @@ def alpha_star_over_steps(
     """
     frame = _checked(records)
     rows = _metric_rows(frame, metric, runs=runs, layers=layers, unit=unit)
+    _require_off_snapshot(rows, metric)
     present = set(_ordered(rows["layer"]))
     order = [layer for layer in layer_order(frame) if layer in present]
     if layers is None:
@@ -263,6 +273,7 @@ def rho_heatmap(
     """
     frame = _checked(records)
     rows = _metric_rows(frame, metric, runs=run, unit=unit)
+    _require_off_snapshot(rows, metric)
     run_names = _ordered(rows["run"])
     if len(run_names) > 1:
         raise InvalidArgumentError(f"rho_heatmap draws one run; records hold {run_names}: pass run")
@@ -404,6 +415,7 @@ def vr_variance_plot(
     rows = rows[rows["alpha"].notna().to_numpy(dtype=bool)]
     if rows.empty:
         raise InvalidArgumentError(f"rows of metric={metric!r} have no alpha value")
+    _require_off_snapshot(rows, metric)
     values = np.unique(rows["alpha"].to_numpy(dtype=float))
     if alphas is not None:
         missing = [a for a in alphas if not np.isclose(values, a).any()]

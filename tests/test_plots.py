@@ -319,3 +319,14 @@ def test_plot_all_skips_figures_without_metrics(tmp_path, caplog):
     assert "skipping figure rho_heatmap_run_a" in caplog.text
     assert "rho_mean" in caplog.text
     assert all(Path(p).exists() for paths in saved.values() for p in paths)
+
+
+def test_snapshot_only_records_draw_no_snapshot_relative_figure(tmp_path):
+    rows = make_records()
+    rows["snapshot_step"] = rows["step"]  # every checkpoint is its own snapshot
+    for draw in (plots.alpha_star_over_steps, plots.vr_variance_plot, plots.alpha_star_vs_depth):
+        with pytest.raises(InvalidArgumentError, match="at a snapshot"):
+            draw(rows)
+    with pytest.raises(InvalidArgumentError, match="at a snapshot"):
+        plots.rho_heatmap(rows, run="run_a")
+    assert set(plots.plot_all(rows, tmp_path, formats=("png",))) == {"metrics_over_training"}
