@@ -1,7 +1,8 @@
 """What makes a records file resumable: a sidecar that keys every run's rows by their settings.
 
 ``OUT.json`` beside a records file ``OUT`` holds, per run name and unit, everything that
-changes the numbers — the run's resolved folder, the pairing, a digest of the probed data
+changes the numbers — the run's identity (its resolved folder; a folder that moved is
+recognised by its checkpoints' contents), the pairing, a digest of the probed data
 and its n, the probe's settings (unit, layers, policy, seed, alphas, loss, model class,
 weights) — and per checkpoint the digest of its weight files and of its snapshot's, plus
 the key prefix that was stripped. A re-run reuses a checkpoint's rows only when all of that
@@ -87,7 +88,11 @@ class Resume:
         *,
         resume: bool,
         writer: bool = True,
+        digests: Mapping[str, str] | None = None,
     ) -> None:
+        """``digests``: checkpoint name -> content digest of the files on disk now; a run
+        folder that moved (same name, same checkpoint contents) is recognised by them."""
+        self.digests = dict(digests or {})
         self.out, self.run, self.unit = out, run, unit
         self.settings = json.loads(json.dumps(dict(settings), default=str))
         self.writer = writer
@@ -114,11 +119,18 @@ class Resume:
                     f"missing or from an older gradvar); {how}"
                 )
             return
-        old = entry.get("settings", {})
+        old = dict(entry.get("settings", {}))
+        recorded = entry.get("checkpoints", {})
+        moved = bool(recorded) and all(
+            self.digests.get(name) == info.get("digest") for name, info in recorded.items()
+        )  # same checkpoint contents: the run folder was moved or copied, not replaced
+        if moved:
+            old["run_dir"] = self.settings.get("run_dir")
         if old.get("run_dir") != self.settings.get("run_dir"):
             raise StaleRecordsError(
                 f"run name {self.run!r} in {self.out} belongs to {old.get('run_dir')}, not "
-                f"{self.settings.get('run_dir')}: two run folders share the name. Pass "
+                f"{self.settings.get('run_dir')}, and its checkpoint files differ: two run folders "
+                "share the name. Pass "
                 f"run='NAME' (--run NAME) to keep both, or resume=False (--restart) to replace "
                 "the old rows"
             )

@@ -170,16 +170,20 @@ def analyze(
     run = run if run is not None else series.path.resolve().name
     alphas = [float(a) for a in alphas]
     rank, distributed = _distributed()
-    state = None
-    if out is not None:
-        settings = _settings(series, probe, model, loss_fn, batches, alphas, strip_prefix)
-        state = Resume(Path(out), run, probe.unit, settings, resume=resume, writer=rank == 0)
     digests: dict[Path, str] = {}
 
     def digest(checkpoint: Checkpoint) -> str:
         if checkpoint.path not in digests:
             digests[checkpoint.path] = checkpoint.digest()
         return digests[checkpoint.path]
+
+    state = None
+    if out is not None:
+        settings = _settings(series, probe, model, loss_fn, batches, alphas, strip_prefix)
+        on_disk = {c.name: digest(c) for c, _ in pairs}
+        state = Resume(
+            Path(out), run, probe.unit, settings, resume=resume, writer=rank == 0, digests=on_disk
+        )
 
     todo = []
     for checkpoint, snapshot in pairs:

@@ -138,6 +138,17 @@ def test_second_run_folder_with_a_taken_name_is_refused(tmp_path: Path) -> None:
     assert set(both["run"]) == {"run", "run-y"}
 
 
+def test_a_moved_run_folder_is_the_same_run(tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "r.parquet"
+    first = _analyze(_run(tmp_path / "old" / "run", 1, steps=(0, 4, 8)), out)
+    shutil.move(tmp_path / "old" / "run", tmp_path / "new-run")
+    seen: list[int] = []
+    again = _analyze(tmp_path / "new-run", out, run="run", on_result=lambda r, c, s: seen.append(1))
+    assert seen == [] and len(again) == len(first)  # recognised by content: nothing recomputed
+
+
 def test_rows_without_a_settings_record_are_not_trusted(tmp_path: Path) -> None:
     run_dir = _run(tmp_path / "run", 1, steps=(0, 4))
     out = tmp_path / "r.parquet"
