@@ -134,6 +134,9 @@ def analyze(
 ) -> pd.DataFrame:
     """Records (the record format, see README) for every checkpoint of ``series``.
 
+    Returns this run's rows; with ``out``, the whole records file after they were merged
+    into it (rows of other runs and units included).
+
     Args:
         series: a :class:`CheckpointSeries` or a run folder (any layout it reads).
         model_fn: builds the model the checkpoints belong to (or the model itself).
