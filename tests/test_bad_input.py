@@ -214,3 +214,16 @@ def test_cli_missing_run_and_garbage_checkpoint(monkeypatch, capsys, project, tm
     (tmp_path / "step-3.pt").write_text("not weights\n")
     code, _, err = _cli(monkeypatch, capsys, project, "series", str(tmp_path))
     assert code == 2 and "text file" in err and "Traceback" not in err
+
+
+def test_cpu_threads_respect_flag_then_environment(monkeypatch) -> None:
+    from gradvar._factories import cpu_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_threads(2) == (2, "--threads")
+    assert cpu_threads(None) == (3, "OMP_NUM_THREADS")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    count, why = cpu_threads(None)
+    assert 1 <= count <= 4 and why.startswith("default")
+    with pytest.raises(InvalidArgumentError, match="--threads 0"):
+        cpu_threads(0)
