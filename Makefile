@@ -36,8 +36,9 @@ lint: install
 test: install data lint
 	$(PY) -m pytest -q -ra --durations=15
 
+# CPU threads: THREADS=N, else OMP_NUM_THREADS, else the CLI's default (half the CPUs, at most 4)
 demo: install
-	$(VENV)/bin/gradvar demo --out demo-out
+	$(VENV)/bin/gradvar demo --out demo-out $(if $(THREADS),--threads $(THREADS))
 
 bench: install
 	$(PY) benchmarks/bench_probe.py

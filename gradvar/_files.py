@@ -1,7 +1,13 @@
-"""Atomic file writes: a hidden temporary file in the target's folder, then ``os.replace``.
+"""Atomic file writes and an inter-process lock for files that several jobs update.
 
-An interrupted job never leaves a half-written file, and the result gets ordinary
-permissions (0666 less the umask, like ``open``), not ``mkstemp``'s 0600.
+``atomic_path``: a uniquely named hidden temporary file in the target's folder, then
+``os.replace``; an interrupted job never leaves a half-written file, two writers never share
+a temporary name, and the result gets ordinary permissions (0666 less the umask, like
+``open``), not ``mkstemp``'s 0600.
+
+``locked``: an exclusive advisory lock on ``.NAME.lock`` beside the target (``fcntl.flock``
+on POSIX, ``msvcrt.locking`` on Windows), held for a read-modify-write of the target so two
+processes updating one file both keep their changes.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path"]
+__all__ = ["atomic_path", "locked"]
 
 
 def _umask() -> int:
@@ -35,3 +41,35 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive lock for ``path`` (blocking) while the block runs."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = target.with_name(f".{target.name}.lock")
+    with open(lock, "a+b") as handle:
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            import msvcrt
+
+            handle.seek(0)
+            while True:
+                try:
+                    msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
+                    break
+                except OSError:
+                    continue
+            try:
+                yield
+            finally:
+                handle.seek(0)
+                msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+            return
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

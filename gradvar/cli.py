@@ -1,4 +1,4 @@
-"""The ``gradvar`` command line: demo, train, analyze, fit, plot.
+"""The ``gradvar`` command line: demo, train, analyze, series, fit, plot.
 
 Every subcommand has ``--help``; errors exit with status 2 and one line naming the problem.
 Heavy modules are imported inside the subcommands so ``gradvar --help`` is instant.
@@ -7,85 +7,49 @@ Heavy modules are imported inside the subcommands so ``gradvar --help`` is insta
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from gradvar._cli_analyze import cmd_analyze, cmd_series
 
 __all__ = ["main"]
 
 
-# ---------------------------------------------------------------------------- helpers
-def _json_arg(text: str | None) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"expected a JSON object, got {text!r} ({exc.msg})") from exc
-    if not isinstance(value, dict):
-        raise ValueError(f"expected a JSON object, got {text!r}")
-    return value
-
-
-def _data_spec(spec: str | Mapping[str, Any] | None) -> dict[str, Any]:
-    if spec is None:
-        raise ValueError("no data given: pass --data NAME|MODULE:FN (run.json names none)")
-    return {"name": spec} if isinstance(spec, str) else dict(spec)
-
-
-def _load_data(spec: Mapping[str, Any], n: int | None = None, split: str = "train"):
-    from gradvar.zoo import load_dataset
-
-    options = {k: v for k, v in spec.items() if k not in ("name", "n", "split", "seed")}
-    return load_dataset(
-        spec["name"],
-        split=spec.get("split", split),
-        n=n if n is not None else spec.get("n"),
-        seed=int(spec.get("seed", 0)),
-        **options,
-    )
-
-
-def _infer_model_kwargs(name: str, dataset: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Fill input size and class count of the reference models from the data."""
-    x, y = dataset.tensors[0], dataset.tensors[1]
-    classes = int(y.max()) + 1
-    out = dict(kwargs)
-    if name.startswith("mlp"):
-        out.setdefault("in_features", math.prod(x.shape[1:]))
-        out.setdefault("num_classes", classes)
-    elif name in ("cnn", "vit"):
-        out.setdefault("in_channels", x.shape[1] if x.dim() == 4 else 1)
-        out.setdefault("num_classes", classes)
-        out.setdefault("image_size", x.shape[-1])
-    return out
-
-
-def _loss(spec: str):
-    import torch.nn.functional as F
-
-    if spec in ("cross_entropy", "ce"):
-        return F.cross_entropy
-    if spec in ("mse", "mse_loss"):
-        return F.mse_loss
-    from gradvar.zoo import resolve_callable
-
-    return resolve_callable(spec)
+_DATA_HELP = (
+    "NAME (digits|fashion-mnist|synthetic), MODULE:FN or ./file.py:FN; FN(split=, n=, seed=) "
+    "returns a Dataset of (inputs, targets) or an (inputs, targets) pair of tensors and may "
+    "accept any subset of those keywords"
+)
+_MODEL_HELP = (
+    "NAME (mlp1|mlp2|mlp4|cnn|vit), MODULE:FN or ./file.py:FN; FN(**model_kwargs) returns the "
+    "nn.Module the checkpoints belong to"
+)
+_EPILOG = (
+    "Factories given as ./file.py:FN are imported from that file (no PYTHONPATH needed). "
+    "User errors print one line and exit with status 2; set GRADVAR_TRACEBACK=1 for a "
+    "traceback."
+)
 
 
 # ---------------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
+    from torch.utils.data import TensorDataset
+
+    from gradvar._cli_analyze import data_spec, infer_model_kwargs, json_arg, threads
+    from gradvar._factories import load_data
     from gradvar.train import train
     from gradvar.zoo import build_model
 
-    data_spec = _data_spec(args.data) | ({"n": args.n} if args.n else {})
-    dataset = _load_data(data_spec)
-    kwargs = _infer_model_kwargs(args.model, dataset, _json_arg(args.model_kwargs))
+    threads(args.threads)
+    spec = data_spec(args.data) | ({"n": args.n} if args.n else {})
+    x, y, _ = load_data(spec, n=args.n, explicit_n=args.n is not None)
+    dataset = TensorDataset(x, y)
+    kwargs = infer_model_kwargs(args.model, x, y, json_arg(args.model_kwargs))
     model_spec = {"name": args.model, "kwargs": kwargs, "seed": args.seed}
     model = build_model(args.model, seed=args.seed, **kwargs)
     alpha: Any = args.alpha
@@ -111,7 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.quiet,
         model_spec=model_spec,
-        data_spec=data_spec,
+        data_spec=spec,
     )
     print(
         f"trained {result.steps} steps; final epoch train loss "
@@ -121,80 +85,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _analyze_records(args: argparse.Namespace):
-    from gradvar.analysis import analyze
-    from gradvar.checkpoints import CheckpointSeries
-    from gradvar.zoo import build_model, model_from_spec
-
-    series = CheckpointSeries(
-        args.run_dir, snapshot_interval=args.snapshot_interval, snapshot=args.snapshot
-    )
-    config = series.run_config
-    data_spec = _data_spec(args.data or config.get("data"))
-    dataset = _load_data(data_spec, n=args.n)
-    x, y = dataset.tensors[0], dataset.tensors[1]
-    if args.model:
-        kwargs = _infer_model_kwargs(args.model, dataset, _json_arg(args.model_kwargs))
-        model_fn = lambda: build_model(args.model, **kwargs)  # noqa: E731
-    elif config.get("model"):
-        model_fn = lambda: model_from_spec(config["model"])  # noqa: E731
-    else:
-        raise ValueError(f"{args.run_dir} has no run.json model spec; pass --model NAME|MODULE:FN")
-    unit: str | int = args.unit if args.unit == "sample" else int(args.unit)
-    return analyze(
-        series,
-        model_fn,
-        (x, y),
-        _loss(args.loss or config.get("loss", "cross_entropy")),
-        out=args.out,
-        run=args.run,
-        alphas=[float(a) for a in args.alphas.split(",")],
-        resume=not args.restart,
-        progress=not args.quiet,
-        device=args.device,
-        unit=unit,
-        layers=None if args.layers == "param" else args.layers,
-        batchnorm=args.batchnorm,
-        chunk_size=args.chunk_size,
-        top_eigenvalue=args.top_eigenvalue,
-        seed=args.seed,
-    )
-
-
-def cmd_analyze(args: argparse.Namespace) -> int:
-    records = _analyze_records(args)
-    print(f"{records['checkpoint'].nunique()} checkpoints, {len(records)} records -> {args.out}")
-    from gradvar.records import off_snapshot
-
-    # Show the last checkpoint that is not itself a snapshot (there rho = alpha* = 1 exactly).
-    pool = off_snapshot(records, or_all=True)
-    last = pool[pool["step"] == pool["step"].max()]
-    if not last.empty:
-        print(
-            f"at step {int(last['step'].iloc[0])} (snapshot at step "
-            f"{last['snapshot_step'].iloc[0]}):"
-        )
-        _print_summary(last)
-    return 0
-
-
-def _print_summary(frame) -> None:
-    wanted = ["m2_total_variance", "rho_mean", "alpha_star_mean", "alpha_star_layer"]
-    part = frame[frame["metric"].isin(wanted) & frame["alpha"].isna()]
-    if part.empty:
-        return
-    table = part.pivot_table(index="layer", columns="metric", values="value", sort=False)
-    print(table[[c for c in wanted if c in table]].to_string(float_format=lambda v: f"{v:.4g}"))
-
-
 def cmd_plot(args: argparse.Namespace) -> int:
+    from gradvar._resume import read_sidecar
     from gradvar.plots import plot_all
     from gradvar.records import read_records
     from gradvar.report import write_report
 
     records = read_records(args.results)
-    figures = plot_all(records, args.out)
-    report = write_report(records, args.out, figures=figures) if not args.no_report else None
+    kinds: dict[str, Any] = {}
+    for entry in read_sidecar(Path(args.results))["runs"].values():
+        kinds.update(entry.get("layer_kinds", {}))
+    figures = plot_all(records, args.out, layer_kinds=kinds or None)
+    report = (
+        write_report(records, args.out, figures=figures, layer_kinds=kinds or None)
+        if not args.no_report
+        else None
+    )
     print(
         f"{sum(len(v) for v in figures.values())} figure files in {args.out}"
         + (f"; report {report}" if report else "")
@@ -202,16 +108,40 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_total_steps(results: str, run: str | None) -> int | None:
+    """The run's ``total_steps`` from the records' sidecar (run.json as analyze saw it)."""
+    from gradvar._resume import read_sidecar
+
+    runs = read_sidecar(Path(results))["runs"]
+    chosen = [runs[run]] if run in runs else list(runs.values()) if run is None else []
+    totals = {e.get("run_config", {}).get("total_steps") for e in chosen} - {None}
+    return int(totals.pop()) if len(totals) == 1 else None
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
+    from gradvar.errors import InvalidArgumentError
     from gradvar.fit import fit_schedule
-    from gradvar.records import read_records
+    from gradvar.records import off_snapshot, read_records
     from gradvar.schedules import save
 
     records = read_records(args.results)
     if args.run:
         records = records[records["run"] == args.run]
+    measured = off_snapshot(records[records["metric"] == args.metric])
+    if measured.empty:
+        raise InvalidArgumentError(
+            f"{args.results} has no {args.metric} row away from a snapshot (at a snapshot "
+            "α* = 1 by construction): nothing to fit. Analyze checkpoints between snapshots "
+            "(gradvar analyze --pairing previous, or --snapshot-every STEPS)"
+        )
+    total_steps = args.total_steps or _run_total_steps(args.results, args.run)
     result = fit_schedule(
-        records, kind=args.kind, layer=args.layer, per_layer=args.per_layer, metric=args.metric
+        records,
+        kind=args.kind,
+        layer=args.layer,
+        per_layer=args.per_layer,
+        metric=args.metric,
+        total_steps=total_steps,
     )
     save(result.schedule, args.out)
     table = result.table()
@@ -219,7 +149,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         lambda ps: ", ".join(f"{k}={v:.4g}" for k, v in ps.items()) if isinstance(ps, dict) else ps
     )
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"schedule -> {args.out}")
+    where = "the run's, from run.json" if total_steps and not args.total_steps else "given"
+    steps = f" (total_steps {total_steps}: {where})" if total_steps else ""
+    print(f"schedule -> {args.out}{steps}")
     return 0
 
 
@@ -228,8 +160,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     start = time.perf_counter()
     run_dir = out / "run"
-    common = ["--quiet"] if args.quiet else []
-    print(f"[1/4] training mlp2 on digits (SGD, {args.epochs} epochs, snapshot every epoch)")
+    from gradvar._factories import cpu_threads
+
+    count, why = cpu_threads(args.threads)
+    common = (["--quiet"] if args.quiet else []) + ["--threads", str(count)]
+    print(
+        f"[1/4] training mlp2 on digits (SGD, {args.epochs} epochs, snapshot every epoch; "
+        f"{count} CPU thread{'s' if count > 1 else ''}: {why})"
+    )
     train_args = (
         "train --model mlp2 --data digits --optimizer sgd --lr 0.3 --batch-size 32 "
         f"--epochs {args.epochs} --checkpoint-every 8 --seed 0"
@@ -260,24 +198,47 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- parser
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("gradvar")
+    except Exception:  # not installed: the source tree's
+        from gradvar import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gradvar",
         description="Measure gradient variance, snapshot correlation and the optimal alpha of "
         "alpha-SVRG across a training run's checkpoints.",
+        epilog=_EPILOG,
     )
+    parser.add_argument("--version", action="version", version=f"gradvar {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    cpu = argparse.ArgumentParser(add_help=False)
+    cpu.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: OMP_NUM_THREADS if set, else half the CPUs, at most 4)",
+    )
 
-    demo = sub.add_parser("demo", help="train, analyze, fit and report on bundled digits")
+    demo = sub.add_parser(
+        "demo", parents=[cpu], help="train, analyze, fit and report on bundled digits"
+    )
     demo.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
     demo.add_argument("--epochs", type=int, default=8)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
 
-    tr = sub.add_parser("train", help="train a reference model and write a checkpoint series")
+    tr = sub.add_parser(
+        "train", parents=[cpu], help="train a reference model and write a checkpoint series"
+    )
     tr.add_argument("--model", default="mlp2", help="mlp1|mlp2|mlp4|cnn|vit or MODULE:FN")
     tr.add_argument("--model-kwargs", help="JSON object of model arguments")
-    tr.add_argument("--data", default="digits", help="digits|fashion-mnist|synthetic|MODULE:FN")
+    tr.add_argument("--data", default="digits", help=_DATA_HELP)
     tr.add_argument("--n", type=int, help="use the first N training examples")
     tr.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
     tr.add_argument("--lr", type=float, default=0.05)
@@ -295,28 +256,79 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", required=True, help="run directory")
     tr.set_defaults(func=cmd_train)
 
-    an = sub.add_parser("analyze", help="probe every checkpoint of a run directory")
-    an.add_argument("run_dir")
-    an.add_argument("--model", help="mlp1|...|MODULE:FN (default: run.json's model)")
-    an.add_argument("--model-kwargs", help="JSON object of model arguments")
-    an.add_argument("--data", help="digits|fashion-mnist|synthetic|MODULE:FN (default: run.json)")
-    an.add_argument("--n", type=int, default=1024, help="examples to probe (default 1024)")
-    an.add_argument("--loss", help="cross_entropy|mse|MODULE:FN (default: run.json's)")
+    series_options = argparse.ArgumentParser(add_help=False)
+    series_options.add_argument(
+        "run_dir",
+        help="run folder (plain files, Lightning checkpoints/, HF checkpoint-N/ folders, "
+        "nested), one HF folder, or one file",
+    )
+    series_options.add_argument("--model", help=_MODEL_HELP + " (default: run.json's model)")
+    series_options.add_argument("--model-kwargs", help="JSON object of model arguments")
+    series_options.add_argument("--data", help=_DATA_HELP + " (default: run.json's data)")
+    series_options.add_argument(
+        "--n",
+        type=int,
+        help=f"examples to probe (default {1024}, or all if fewer); an explicit N larger than "
+        "the data is an error, and a data function that returns more is cut to N",
+    )
+    series_options.add_argument(
+        "--snapshot-every",
+        "--snapshot-interval",
+        dest="snapshot_every",
+        type=int,
+        metavar="STEPS",
+        help="pair step t with the checkpoint at the last multiple of STEPS (optimizer steps)",
+    )
+    series_options.add_argument("--snapshot", help="pair every checkpoint with this file")
+    series_options.add_argument(
+        "--pairing",
+        choices=["auto", "metadata", "previous", "none"],
+        default="auto",
+        help="auto (default): the files' snapshot_step, else run.json's interval, else each "
+        "checkpoint against the previous one; 'none': no ρ or α*",
+    )
+    series_options.add_argument(
+        "--weights", default="model", help="'model' (usual keys), 'ema', or an exact dict key"
+    )
+    series_options.add_argument(
+        "--strip-prefix", help="key prefix to strip, tried before module./_orig_mod./model."
+    )
+
+    an = sub.add_parser(
+        "analyze",
+        parents=[cpu, series_options],
+        help="probe every checkpoint of a run directory",
+        epilog=_EPILOG,
+    )
+    an.add_argument("--loss", help="cross_entropy|mse|MODULE:FN|./file.py:FN (default: run.json)")
     an.add_argument("--unit", default="sample", help="'sample' or a mini-batch size")
     an.add_argument("--layers", default="param", help="'param' (one per tensor) or 'module'")
-    an.add_argument("--snapshot-interval", type=int, help="pair with the last multiple of K")
-    an.add_argument("--snapshot", help="pair every checkpoint with this file")
     an.add_argument("--batchnorm", choices=["eval", "replace", "refuse"], default="eval")
     an.add_argument("--top-eigenvalue", choices=["auto", "gram", "lanczos", "none"], default="auto")
     an.add_argument("--chunk-size", type=int, help="samples per chunk (default: automatic)")
     an.add_argument("--alphas", default="1.0", help="comma-separated alphas for vr_variance")
     an.add_argument("--seed", type=int, default=0)
     an.add_argument("--device", help="cpu or cuda (default: cpu)")
+    an.add_argument(
+        "--skip-nonfinite",
+        action="store_true",
+        help="drop samples whose gradient has NaN/Inf (counted in nonfinite_skipped)",
+    )
     an.add_argument("--run", help="run name in the records (default: folder name)")
-    an.add_argument("--restart", action="store_true", help="ignore records already in --out")
+    an.add_argument(
+        "--restart", action="store_true", help="recompute this run's rows in --out (others kept)"
+    )
+    an.add_argument("--dry-run", action="store_true", help="list the series as read, then stop")
     an.add_argument("--quiet", action="store_true")
-    an.add_argument("--out", required=True, help="records file (.parquet or .csv)")
+    an.add_argument("--out", help="records file (.parquet or .csv); required unless --dry-run")
     an.set_defaults(func=cmd_analyze)
+
+    se = sub.add_parser(
+        "series",
+        parents=[cpu, series_options],
+        help="list a run's checkpoints as read: file, layout, step, epoch, snapshot, prefix",
+    )
+    se.set_defaults(func=cmd_series)
 
     fi = sub.add_parser("fit", help="fit an alpha schedule to measured alpha*")
     fi.add_argument("results", help="records file")
@@ -327,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--per-layer", action="store_true")
     fi.add_argument("--metric", default="alpha_star_mean")
     fi.add_argument("--run", help="use only this run's records")
+    fi.add_argument(
+        "--total-steps", type=int, help="length of the schedule (default: the run's, if recorded)"
+    )
     fi.add_argument("--out", required=True, help="schedule JSON file")
     fi.set_defaults(func=cmd_fit)
 
@@ -338,19 +353,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings() -> None:
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        print(f"gradvar: warning: {message}", file=sys.stderr if file is None else file)
+
+    warnings.showwarning = show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 with one line on stderr for user errors)."""
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     args = build_parser().parse_args(argv)
-    from gradvar.errors import GradvarError
+    from gradvar.errors import GradvarError, NonFiniteGradientError
 
+    if argv is None:
+        _one_line_warnings()
+        from gradvar.errors import CheckpointWarning
+
+        # the series and analyze summaries list every skipped file with its reason
+        warnings.filterwarnings("ignore", category=CheckpointWarning)
     try:
         return int(args.func(args) or 0)
-    except (GradvarError, ValueError, FileNotFoundError, KeyError) as exc:
+    except BrokenPipeError:  # output piped into head & co.: stop quietly
+        sys.stderr.close()
+        return 0
+    except (GradvarError, ValueError, FileNotFoundError, KeyError, ImportError) as exc:
+        if os.environ.get("GRADVAR_TRACEBACK") or argv is not None:
+            raise  # asked for, or called programmatically (e.g. by the demo): propagate
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"gradvar {args.command}: error: {message}", file=sys.stderr)
-        if argv is not None:  # called programmatically (e.g. by the demo): propagate
-            raise
+        text = " ".join(str(message).split())
+        if isinstance(exc, NonFiniteGradientError):
+            text += " (on the command line: --skip-nonfinite)"
+        print(f"gradvar {args.command}: error: {text}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -16,6 +16,9 @@ __all__ = [
     "DataNotFoundError",
     "MemoryBudgetError",
     "OptimizerStateError",
+    "StaleRecordsError",
+    "GradvarWarning",
+    "CheckpointWarning",
 ]
 
 
@@ -49,3 +52,15 @@ class MemoryBudgetError(GradvarError, MemoryError):
 
 class OptimizerStateError(GradvarError, RuntimeError):
     """An optimizer method was called out of order (e.g. step() with no snapshot gradient)."""
+
+
+class StaleRecordsError(GradvarError):
+    """A records file holds rows computed with other settings; the message says how to resume."""
+
+
+class GradvarWarning(UserWarning):
+    """Base class of every warning gradvar issues on purpose."""
+
+
+class CheckpointWarning(GradvarWarning):
+    """A file in a run folder was skipped (its step cannot be told, ...); the message names it."""

@@ -7,52 +7,65 @@ so a batch job over many runs does not leak figures and a figure returned by a J
 shown once. Styling is seaborn's ``whitegrid`` theme, applied per figure (no global state).
 
 Layers appear in *model order*: the order of their first appearance in the records table,
-with the whole model (``__all__``) last. Snapshot-relative quantities (``rho_*``,
-``alpha_star_*``, ``vr_*``) are trivial at a checkpoint taken right at a snapshot (θ = θ̃, so
-ρ = α* = 1); averages over checkpoints leave those checkpoints out (:func:`off_snapshot`).
+with the whole model (``__all__``) last. Depth means one point per module, weights only
+(:func:`depth_layers`): biases and normalisation layers (BatchNorm, LayerNorm, GroupNorm)
+are left out, told by the module classes ``analyze`` records in the sidecar
+(``layer_kinds``) or, without them, by the layer names. Snapshot-relative quantities
+(``rho_*``, ``alpha_star_*``, ``vr_*``) are trivial at a checkpoint taken right at a snapshot
+(θ = θ̃, so ρ = α* = 1): such checkpoints are marked (dotted vertical lines, blank heatmap
+columns) and never drawn as part of a curve or an average (:func:`off_snapshot`). Steps are
+drawn to scale on every step axis, and every panel has its y label.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
-import re
-import sys
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import ListedColormap, Normalize
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from gradvar._plot_draw import (  # first: it chooses the matplotlib backend
+    DEPTH_CMAP,
+    MAX_LEGEND_LAYERS,
+    REFERENCE_GID,
+    SNAPSHOT_STYLE,
+    _add_epoch_axis,
+    _at_snapshot,
+    _direct_labels,
+    _layer_colors,
+    _legend,
+    _log_if_wide,
+    _off_snapshot_curve,
+    _panels,
+    _root_figure,
+    _snapshot_lines,
+    _styled,
+    sns,
+)
+from gradvar._plot_rows import (
+    _checked,
+    _curve,
+    _Filter,
+    _label,
+    _metric_rows,
+    _ordered,
+    _rows_with,
+    _slug,
+    _unit_of,
+    depth_layers,
+    layer_order,
+)
 from gradvar.errors import InvalidArgumentError
-from gradvar.records import WHOLE_MODEL, off_snapshot, validate
-
-
-def _choose_backend() -> None:
-    """Use Agg on a machine without a display, unless a backend was already chosen.
-
-    A backend is already chosen when ``MPLBACKEND`` is set (Jupyter's kernel sets it to the
-    inline backend) or pyplot is imported; seaborn imports pyplot, so this runs before it.
-    """
-    if os.environ.get("MPLBACKEND") or "matplotlib.pyplot" in sys.modules:
-        return
-    has_display = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
-    if sys.platform.startswith("linux") and not has_display:
-        matplotlib.use("Agg")
-
-
-_choose_backend()
-
-import seaborn as sns  # noqa: E402  (after the backend choice: seaborn imports pyplot)
+from gradvar.records import WHOLE_MODEL, off_snapshot
 
 __all__ = [
     "REFERENCE_GID",
@@ -71,6 +84,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 VARIANCE_METRICS: tuple[str, ...] = ("m1_cosine", "m2_total_variance", "m3_top_eigenvalue")
 SNAPSHOT_RELATIVE_METRICS: tuple[str, ...] = (
@@ -81,222 +95,16 @@ SNAPSHOT_RELATIVE_METRICS: tuple[str, ...] = (
     "vr_variance",
     "vr_variance_ratio",
 )
-
-_LABELS = {
-    "m1_cosine": "metric 1: directional variance",
-    "m2_total_variance": "metric 2: total variance",
-    "m3_top_eigenvalue": "metric 3: top eigenvalue",
-    "rho_mean": "ρ (mean over coordinates)",
-    "rho_layer": "ρ (per layer)",
-    "alpha_star_mean": "α* (mean over coordinates)",
-    "alpha_star_layer": "α* (per layer)",
-    "vr_variance": "Var(v)",
-    "vr_variance_ratio": "Var(v) / Var(g)",
-}
-_MAX_LEGEND_LAYERS = 15  # more layers: a depth colour bar instead of one legend entry each
-_DEPTH_CMAP = ListedColormap(matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, 256)))
-_SNAPSHOT_STYLE = {"color": "0.3", "linestyle": ":", "linewidth": 1.2}
 _RUN_LINESTYLES = ("-", "--", "-.", (0, (5, 1, 1, 1, 1, 1)))
-_Filter = str | Sequence[str] | None
-REFERENCE_GID = "gradvar-reference"  # gid of guide lines (snapshots, ratio 1), not data
 
 
-# ---------------------------------------------------------------------------------- records
-
-
-def layer_order(records: pd.DataFrame) -> list[str]:
-    """Layers in model order (first appearance in ``records``), ``__all__`` last."""
-    seen = [str(layer) for layer in pd.unique(records["layer"].dropna())]
-    layers = [layer for layer in seen if layer != WHOLE_MODEL]
-    return layers + [WHOLE_MODEL] if WHOLE_MODEL in seen else layers
-
-
-def depth_layers(layers: Sequence[str], *, include_bias: bool = False) -> list[str]:
-    """The layers that count for depth: ``__all__`` dropped, and ``*.bias`` unless asked.
-
-    Layers default to one parameter tensor each, so a weight and its bias share a depth;
-    biases hold few coordinates (noisy estimates) and would list every depth twice. They are
-    kept if nothing else is left.
-    """
-    layers = [layer for layer in layers if layer != WHOLE_MODEL]
-    weights = [layer for layer in layers if not layer.endswith(".bias")]
-    return layers if include_bias or not weights else weights
-
-
-def _checked(records: pd.DataFrame) -> pd.DataFrame:
-    if not isinstance(records, pd.DataFrame):
+def _require_off_snapshot(rows: pd.DataFrame, metric: str) -> None:
+    """A snapshot-relative figure needs a checkpoint away from its snapshot."""
+    if metric in SNAPSHOT_RELATIVE_METRICS and off_snapshot(rows).empty:
         raise InvalidArgumentError(
-            f"records must be a pandas DataFrame, got {type(records).__name__}; "
-            "load one with gradvar.records.read_records(path)"
+            f"every row of metric={metric!r} is at a snapshot (θ = θ̃, so ρ = α* = 1 by "
+            "construction): nothing to draw"
         )
-    frame = validate(records)
-    if frame.empty:
-        raise InvalidArgumentError("records table is empty: there is nothing to plot")
-    return frame
-
-
-def _as_list(wanted: _Filter) -> list[str] | None:
-    return [wanted] if isinstance(wanted, str) else None if wanted is None else list(wanted)
-
-
-def _subset(rows: pd.DataFrame, column: str, wanted: _Filter, metric: str) -> pd.DataFrame:
-    names = _as_list(wanted)
-    if names is None:
-        return rows
-    available = [str(v) for v in pd.unique(rows[column].dropna())]
-    missing = [name for name in names if name not in available]
-    if missing:
-        raise InvalidArgumentError(
-            f"no rows with {column} in {missing} for metric={metric!r}; "
-            f"{column}s present: {available}"
-        )
-    return rows[rows[column].isin(names).fillna(False).to_numpy(dtype=bool)]
-
-
-def _metric_rows(
-    frame: pd.DataFrame,
-    metric: str,
-    *,
-    runs: _Filter = None,
-    layers: _Filter = None,
-    unit: str | int | None = None,
-) -> pd.DataFrame:
-    """The finite rows of ``metric`` after the run, layer and unit filters, in one unit."""
-    rows = _rows_with(frame, "metric", metric)
-    if rows.empty:
-        present = sorted(str(m) for m in pd.unique(frame["metric"].dropna()))
-        raise InvalidArgumentError(
-            f"records have no rows with metric={metric!r}; metrics present: {present}"
-        )
-    rows = _subset(rows, "run", runs, metric)
-    rows = _subset(rows, "layer", layers, metric)
-    units = [str(u) for u in pd.unique(rows["unit"].dropna())]
-    if unit is not None:
-        rows = _subset(rows, "unit", str(unit), metric)
-    elif len(units) > 1:
-        raise InvalidArgumentError(
-            f"rows of metric={metric!r} mix units {units}; values at different units are not "
-            "comparable (variance scales by 1/b for mini-batches of b): pass unit=one of them"
-        )
-    rows = rows.dropna(subset=["step", "value"])
-    rows = rows[np.isfinite(rows["value"].to_numpy(dtype=float))]
-    if rows.empty:
-        raise InvalidArgumentError(f"rows of metric={metric!r} hold no finite value with a step")
-    return rows
-
-
-def _rows_with(rows: pd.DataFrame, column: str, value: str) -> pd.DataFrame:
-    return rows[rows[column].eq(value).fillna(False).to_numpy(dtype=bool)]
-
-
-def _ordered(values: pd.Series) -> list[str]:
-    return [str(v) for v in pd.unique(values.dropna())]
-
-
-def _unit_of(rows: pd.DataFrame) -> str:
-    units = _ordered(rows["unit"])
-    text = ", ".join("sample" if u == "sample" else f"mini-batch of {u}" for u in units)
-    return f"unit: {text or 'unknown'}"
-
-
-def _curve(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values) sorted by step, duplicates at one step averaged."""
-    by_step = rows.groupby("step", sort=True)["value"].mean()
-    return by_step.index.to_numpy(dtype=float), by_step.to_numpy(dtype=float)
-
-
-def _label(metric: str) -> str:
-    return _LABELS.get(metric, metric)
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "run"
-
-
-# ---------------------------------------------------------------------------------- drawing
-
-
-@contextlib.contextmanager
-def _styled() -> Iterator[None]:
-    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
-        yield
-
-
-def _root_figure(ax: Axes) -> Figure:
-    figure = ax.get_figure()
-    while figure is not None and not isinstance(figure, Figure):
-        figure = figure.get_figure()
-    if figure is None:
-        raise InvalidArgumentError("ax is not attached to a figure")
-    return figure
-
-
-def _panels(
-    count: int, ax: Axes | None, *, panel_size: tuple[float, float], sharey: bool
-) -> tuple[Figure, list[Axes]]:
-    """A figure with ``count`` panels (at most 3 a row), or ``ax``'s figure and ``[ax]``."""
-    if ax is not None:
-        return _root_figure(ax), [ax]
-    ncols = min(count, 3)
-    nrows = -(-count // ncols)
-    fig = Figure(figsize=(panel_size[0] * ncols, panel_size[1] * nrows), layout="constrained")
-    axes = list(fig.subplots(nrows, ncols, sharey=sharey, squeeze=False).ravel())
-    for extra in axes[count:]:
-        extra.remove()
-    return fig, axes[:count]
-
-
-def _layer_colors(layers: Sequence[str]) -> dict[str, tuple[float, ...]]:
-    """Colour by depth (dark = first layer, light = last); the whole model in black."""
-    depth = [layer for layer in layers if layer != WHOLE_MODEL]
-    shades = _DEPTH_CMAP(np.linspace(0.0, 1.0, len(depth))) if len(depth) > 1 else [_DEPTH_CMAP(0)]
-    colors = {layer: tuple(shade) for layer, shade in zip(depth, shades)}
-    colors[WHOLE_MODEL] = (0.0, 0.0, 0.0, 1.0)
-    return colors
-
-
-def _snapshot_lines(ax: Axes, rows: pd.DataFrame) -> int:
-    """Dotted vertical lines at the snapshot steps within the plotted steps; their count."""
-    steps = rows["step"].to_numpy(dtype=float)
-    snapshots = np.unique(rows["snapshot_step"].dropna().to_numpy(dtype=float))
-    snapshots = snapshots[(snapshots >= steps.min()) & (snapshots <= steps.max())]
-    for step in snapshots:
-        # zorder 1: above the grid, below the data
-        ax.axvline(step, label="_snapshot", gid=REFERENCE_GID, zorder=1, **_SNAPSHOT_STYLE)
-    return len(snapshots)
-
-
-def _add_epoch_axis(ax: Axes, rows: pd.DataFrame) -> None:
-    """A secondary top axis in epochs, when epoch is an exact linear function of step."""
-    pairs = rows[["step", "epoch"]].dropna().drop_duplicates()
-    steps, epochs = pairs["step"].to_numpy(dtype=float), pairs["epoch"].to_numpy(dtype=float)
-    if len(pairs) < 2 or np.ptp(steps) == 0:
-        return
-    slope, intercept = np.polyfit(steps, epochs, 1)
-    residual = np.max(np.abs(slope * steps + intercept - epochs))
-    if slope <= 0 or residual > 1e-3 * max(1.0, float(np.ptp(epochs))):
-        return  # runs with different epoch lengths, or epochs rounded: no exact mapping
-
-    def to_epoch(step: np.ndarray) -> np.ndarray:
-        return slope * np.asarray(step, dtype=float) + intercept
-
-    def to_step(epoch: np.ndarray) -> np.ndarray:
-        return (np.asarray(epoch, dtype=float) - intercept) / slope
-
-    ax.secondary_xaxis("top", functions=(to_epoch, to_step)).set_xlabel("epoch")
-
-
-def _log_if_wide(ax: Axes, values: np.ndarray) -> None:
-    """Log y scale when every value is positive and they span more than two decades."""
-    if len(values) and np.all(values > 0) and values.max() / values.min() > 100:
-        ax.set_yscale("log")
-
-
-def _legend(fig: Figure, ax: Axes, own_figure: bool, handles: list, title: str) -> None:
-    if own_figure:
-        fig.legend(handles=handles, title=title, loc="outside right upper", frameon=False)
-    else:
-        ax.legend(handles=handles, title=title, fontsize="small")
 
 
 # ---------------------------------------------------------------------------------- figures
@@ -309,20 +117,29 @@ def alpha_star_over_steps(
     metric: str = "alpha_star_mean",
     *,
     unit: str | int | None = None,
+    layer_kinds: Mapping[str, Sequence[str]] | None = None,
     ax: Axes | None = None,
 ) -> Figure:
     """α* against step, one line per layer and one panel per run: the paper's sawtooth.
 
-    α* is 1 at every snapshot (θ = θ̃) and decays until the next one; dotted vertical lines
-    mark the snapshot steps (the distinct ``snapshot_step`` values). Layers are coloured by
-    depth, ``__all__`` in black. An epoch axis is added on top when epoch is linear in step.
+    α* is 1 at a snapshot (θ = θ̃) by construction and decays until the next one. Each line
+    joins the checkpoints *away* from their snapshot, one piece per snapshot interval;
+    checkpoints taken at a snapshot are marked by dotted vertical lines, not drawn as points.
+    By default the layers are the model's weights, one per module (:func:`depth_layers`:
+    no biases, no normalisation layers), plus ``__all__`` in black; ``layers=`` picks others.
+    Up to 20 layers get well-separated colours (up to 12 also a label at their line's end),
+    more a depth colour bar. An epoch axis is added on top when epoch is linear in step.
     ``metric`` may be ``"alpha_star_layer"`` (or any per-step metric). With ``ax``, exactly
     one run must be selected.
     """
     frame = _checked(records)
     rows = _metric_rows(frame, metric, runs=runs, layers=layers, unit=unit)
+    _require_off_snapshot(rows, metric)
     present = set(_ordered(rows["layer"]))
     order = [layer for layer in layer_order(frame) if layer in present]
+    if layers is None:
+        kept = depth_layers(order, kinds=layer_kinds)
+        order = [layer for layer in order if layer in kept or layer == WHOLE_MODEL]
     run_names = _ordered(rows["run"])
     if ax is not None and len(run_names) > 1:
         raise InvalidArgumentError(
@@ -336,8 +153,9 @@ def alpha_star_over_steps(
         for panel, run in zip(axes, run_names):
             run_rows = _rows_with(rows, "run", run)
             snapshots += _snapshot_lines(panel, run_rows)
+            curves = []
             for layer in order:
-                steps, values = _curve(_rows_with(run_rows, "layer", layer))
+                steps, values = _off_snapshot_curve(_rows_with(run_rows, "layer", layer))
                 whole = layer == WHOLE_MODEL
                 panel.plot(
                     steps,
@@ -349,21 +167,21 @@ def alpha_star_over_steps(
                     markersize=2.5,
                     zorder=3 if whole else 2,
                 )
-            spec = panel.get_subplotspec()
-            first_column = spec is None or spec.is_first_col()
-            panel.set(xlabel="step", ylabel=_label(metric) if first_column else "")
+                curves.append((layer, steps, values, colors[layer]))
+            panel.set(xlabel="step", ylabel=_label(metric))
             _add_epoch_axis(panel, run_rows)
+            _direct_labels(panel, curves)
         depth = [layer for layer in order if layer != WHOLE_MODEL]
         handles: list = []
-        if len(depth) > _MAX_LEGEND_LAYERS:
-            mappable = ScalarMappable(Normalize(0, len(depth) - 1), _DEPTH_CMAP)
+        if len(depth) > MAX_LEGEND_LAYERS:
+            mappable = ScalarMappable(Normalize(0, len(depth) - 1), DEPTH_CMAP)
             fig.colorbar(mappable, ax=axes, label="layer depth index (0 = first)")
         else:
             handles += [Line2D([], [], color=colors[layer], lw=1.4, label=layer) for layer in depth]
         if WHOLE_MODEL in order:
             handles.append(Line2D([], [], color=colors[WHOLE_MODEL], lw=2.2, label=WHOLE_MODEL))
         if snapshots:
-            handles.append(Line2D([], [], label="snapshot", **_SNAPSHOT_STYLE))
+            handles.append(Line2D([], [], label="checkpoint at a snapshot", **SNAPSHOT_STYLE))
         _legend(fig, axes[-1], ax is None, handles, "layer")
         if len(run_names) > 1:  # wide figure: the title spans the panels, each names its run
             fig.suptitle(f"{_label(metric)} over training ({_unit_of(rows)})")
@@ -419,7 +237,7 @@ def metrics_over_training(
                 steps, values = _curve(_rows_with(rows, "run", run))
                 panel.plot(steps, values, label=run, color=palette[run], lw=1.6)
             _log_if_wide(panel, rows["value"].to_numpy(dtype=float))
-            panel.set(title=_label(metric), xlabel="step")
+            panel.set(title=_label(metric), xlabel="step", ylabel=_label(metric).split(": ")[-1])
             _add_epoch_axis(panel, rows)
         handles = [Line2D([], [], color=palette[run], lw=1.6, label=run) for run in all_runs]
         _legend(fig, axes[-1], given is None, handles, "run")
@@ -427,6 +245,15 @@ def metrics_over_training(
             units = _unit_of(pd.concat(panels_rows))
             fig.suptitle(f"Gradient variance over training: layer {layer} ({units})")
     return fig
+
+
+def _edges(steps: np.ndarray) -> np.ndarray:
+    """Cell edges around the steps, halfway between neighbours (so the axis is to scale)."""
+    if len(steps) == 1:
+        return np.array([steps[0] - 0.5, steps[0] + 0.5])
+    middle = (steps[1:] + steps[:-1]) / 2
+    return np.concatenate([[steps[0] - (middle[0] - steps[0])], middle,
+                           [steps[-1] + (steps[-1] - middle[-1])]])  # fmt: skip
 
 
 def rho_heatmap(
@@ -437,23 +264,30 @@ def rho_heatmap(
     unit: str | int | None = None,
     ax: Axes | None = None,
 ) -> Figure:
-    """Heatmap of ``metric`` over layer (rows, model order, ``__all__`` last) × step (columns).
+    """Heatmap of ``metric`` over layer (rows, model order, ``__all__`` last) × step.
 
-    Diverging colour map centred at 0 over [-1, 1] (wider if an α* metric exceeds it). ``run``
-    may be omitted when the records hold one run.
+    The step axis is to scale (each cell spans halfway to its neighbours). Checkpoints taken
+    at their snapshot (ρ = 1 by construction) are left blank and marked with a triangle on
+    top. Diverging colour map centred at 0 over [-1, 1] (wider if an α* metric exceeds it).
+    ``run`` may be omitted when the records hold one run.
     """
     frame = _checked(records)
     rows = _metric_rows(frame, metric, runs=run, unit=unit)
+    _require_off_snapshot(rows, metric)
     run_names = _ordered(rows["run"])
     if len(run_names) > 1:
         raise InvalidArgumentError(f"rho_heatmap draws one run; records hold {run_names}: pass run")
     present = set(_ordered(rows["layer"]))
     order = [layer for layer in layer_order(frame) if layer in present]
+    snapshot_steps = np.unique(rows["step"][_at_snapshot(rows)].to_numpy(dtype=float))
     matrix = rows.pivot_table(index="layer", columns="step", values="value", aggfunc="mean")
     matrix = matrix.reindex(order)
-    matrix.columns = [int(step) for step in matrix.columns]
-    values = matrix.to_numpy(dtype=float)
-    limit = 1.0 if metric.startswith("rho") else max(1.0, float(np.nanmax(np.abs(values))))
+    steps = matrix.columns.to_numpy(dtype=float)
+    values = matrix.to_numpy(dtype=float, copy=True)
+    values[:, np.isin(steps, snapshot_steps)] = np.nan
+    finite = values[np.isfinite(values)]
+    wide = max(1.0, float(np.abs(finite).max())) if finite.size else 1.0
+    limit = 1.0 if metric.startswith("rho") else wide
     with _styled():
         fig, (panel,) = _panels(
             1,
@@ -464,24 +298,27 @@ def rho_heatmap(
                 float(np.clip(1.5 + 0.35 * len(order), 3, 14)),
             ),
         )
-        with warnings.catch_warnings():  # seaborn 0.13 calls Colormap.set_bad (matplotlib 3.11)
-            warnings.filterwarnings("ignore", "The set_bad", PendingDeprecationWarning)
-            sns.heatmap(
-                matrix,
-                ax=panel,
-                cmap="RdBu_r",
-                center=0.0,
-                vmin=-limit,
-                vmax=limit,
-                cbar_kws={"label": _label(metric)},
-                xticklabels=True if matrix.shape[1] <= 30 else "auto",
-                yticklabels=True if len(order) <= 60 else "auto",
-            )
+        mesh = panel.pcolormesh(
+            _edges(steps),
+            np.arange(len(order) + 1),
+            np.ma.masked_invalid(values),
+            cmap="RdBu_r",
+            vmin=-limit,
+            vmax=limit,
+        )
+        fig.colorbar(mesh, ax=panel, label=_label(metric))
+        panel.set_ylim(len(order), 0)  # first layer on top
+        shown = np.arange(len(order)) if len(order) <= 60 else np.arange(0, len(order), 5)
+        panel.set_yticks(shown + 0.5, [order[i] for i in shown])
+        panel.grid(False)
+        if len(snapshot_steps):
+            panel.plot(snapshot_steps, np.full(len(snapshot_steps), -0.02), "v", color="0.3",
+                       markersize=5, clip_on=False, transform=panel.get_xaxis_transform(),
+                       gid=REFERENCE_GID, label="_snapshot")  # fmt: skip
         if WHOLE_MODEL in order and len(order) > 1:
             panel.axhline(len(order) - 1, color="black", lw=1.5, gid=REFERENCE_GID)
-        panel.set(xlabel="step", ylabel="layer")
+        panel.set(xlabel="step (▼ checkpoint at a snapshot, left blank)", ylabel="layer")
         panel.set_title(f"{_label(metric)}: run {run_names[0]} ({_unit_of(rows)})")
-        panel.tick_params(axis="y", rotation=0)
     return fig
 
 
@@ -492,6 +329,7 @@ def alpha_star_vs_depth(
     *,
     include_bias: bool = False,
     unit: str | int | None = None,
+    layer_kinds: Mapping[str, Sequence[str]] | None = None,
     ax: Axes | None = None,
 ) -> Figure:
     """α* against layer depth, one line per run: the paper's "deeper ⇒ smaller".
@@ -499,14 +337,22 @@ def alpha_star_vs_depth(
     Each point is the mean over checkpoints of the layer's α*, the band ± one standard
     deviation (population) across those checkpoints. Checkpoints taken at a snapshot are left
     out (α* = 1 there for every layer). Depth index = position in model order among the
-    layers :func:`depth_layers` keeps: ``__all__`` is dropped, and so are ``*.bias`` tensors
-    unless ``include_bias`` (a bias shares its weight's depth).
+    layers :func:`depth_layers` keeps: one per module, weights only (``__all__``, ``*.bias``
+    unless ``include_bias``, and normalisation layers by ``layer_kinds`` or by name are
+    dropped). With no checkpoint away from a snapshot there is nothing to draw (an error).
     """
     frame = _checked(records)
-    rows = off_snapshot(_metric_rows(frame, metric, runs=runs, unit=unit), or_all=True)
+    rows = off_snapshot(_metric_rows(frame, metric, runs=runs, unit=unit))
+    if rows.empty:
+        raise InvalidArgumentError(
+            f"every row of metric={metric!r} is at a snapshot (α* = 1 there by construction): "
+            "no depth profile to draw"
+        )
     present = set(_ordered(rows["layer"]))
     order = depth_layers(
-        [layer for layer in layer_order(frame) if layer in present], include_bias=include_bias
+        [layer for layer in layer_order(frame) if layer in present],
+        include_bias=include_bias,
+        kinds=layer_kinds,
     )
     if not order:
         raise InvalidArgumentError(
@@ -561,13 +407,15 @@ def vr_variance_plot(
 
     v = g − α(h − μ̃) is the corrected gradient at the ``alpha`` column's value. A dashed line
     marks 1: above it the correction *adds* variance, as standard SVRG (α = 1) does once the
-    snapshot is stale. Dotted vertical lines mark the snapshots.
+    snapshot is stale. Curves join the checkpoints away from their snapshot; dotted vertical
+    lines mark the checkpoints taken at one (where v has no variance at α = 1, trivially).
     """
     frame = _checked(records)
     rows = _metric_rows(frame, metric, runs=runs, layers=layer, unit=unit)
     rows = rows[rows["alpha"].notna().to_numpy(dtype=bool)]
     if rows.empty:
         raise InvalidArgumentError(f"rows of metric={metric!r} have no alpha value")
+    _require_off_snapshot(rows, metric)
     values = np.unique(rows["alpha"].to_numpy(dtype=float))
     if alphas is not None:
         missing = [a for a in alphas if not np.isclose(values, a).any()]
@@ -587,7 +435,7 @@ def vr_variance_plot(
         for alpha, color in zip(values, palette):
             at_alpha = rows[np.isclose(rows["alpha"].to_numpy(dtype=float), alpha)]
             for run, style in zip(run_names, _RUN_LINESTYLES * len(run_names)):
-                steps, ratio = _curve(_rows_with(at_alpha, "run", run))
+                steps, ratio = _off_snapshot_curve(_rows_with(at_alpha, "run", run))
                 name = f"α = {alpha:g}" + (f", {run}" if len(run_names) > 1 else "")
                 panel.plot(steps, ratio, label=name, color=color, ls=style, lw=1.5)
         panel.set_ylim(bottom=0.0)
@@ -597,7 +445,7 @@ def vr_variance_plot(
         handles, _ = panel.get_legend_handles_labels()
         handles.append(Line2D([], [], label="1 (above: adds variance)", **reference))
         if has_snapshots:
-            handles.append(Line2D([], [], label="snapshot", **_SNAPSHOT_STYLE))
+            handles.append(Line2D([], [], label="checkpoint at a snapshot", **SNAPSHOT_STYLE))
         _legend(fig, panel, ax is None, handles, "α, run" if len(run_names) > 1 else "α")
     return fig
 
@@ -631,15 +479,15 @@ def save_figure(
     return paths
 
 
-def _figure_plan(frame: pd.DataFrame) -> list[tuple[str, Callable[[], Figure]]]:
+def _figure_plan(
+    frame: pd.DataFrame, kinds: Mapping[str, Sequence[str]] | None
+) -> list[tuple[str, Callable[[], Figure]]]:
+    over_steps = functools.partial(alpha_star_over_steps, frame, layer_kinds=kinds)
     plan: list[tuple[str, Callable[[], Figure]]] = [
-        ("alpha_star_over_steps", functools.partial(alpha_star_over_steps, frame)),
-        (
-            "alpha_star_layer_over_steps",
-            functools.partial(alpha_star_over_steps, frame, metric="alpha_star_layer"),
-        ),
+        ("alpha_star_over_steps", over_steps),
+        ("alpha_star_layer_over_steps", functools.partial(over_steps, metric="alpha_star_layer")),
         ("metrics_over_training", functools.partial(metrics_over_training, frame)),
-        ("alpha_star_vs_depth", functools.partial(alpha_star_vs_depth, frame)),
+        ("alpha_star_vs_depth", functools.partial(alpha_star_vs_depth, frame, layer_kinds=kinds)),
         ("vr_variance_ratio", functools.partial(vr_variance_plot, frame)),
     ]
     for run in _ordered(frame["run"]):
@@ -652,8 +500,12 @@ def plot_all(
     out_dir: str | os.PathLike[str],
     *,
     formats: Sequence[str] = ("png", "pdf"),
+    layer_kinds: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, list[Path]]:
     """Draw every figure the records support into ``out_dir``; return name → saved paths.
+
+    ``layer_kinds`` (layer -> module class names, from the records' sidecar) lets the depth
+    figures tell normalisation layers apart from weights (:func:`depth_layers`).
 
     A figure whose metrics (or layers) are absent is skipped with an INFO log line naming
     what is missing. Records in several units get one set of figures per unit, named with a
@@ -666,7 +518,7 @@ def plot_all(
     for unit in units or [None]:
         unit_rows = frame if unit is None else _rows_with(frame, "unit", unit)
         suffix = "" if len(units) <= 1 else f"_unit-{_slug(str(unit))}"
-        for name, build in _figure_plan(unit_rows):
+        for name, build in _figure_plan(unit_rows, layer_kinds):
             try:
                 fig = build()
             except InvalidArgumentError as error:

@@ -2,7 +2,7 @@
 
     probe = gradvar.Probe(model, F.cross_entropy)
     result = probe.run(loader, snapshot=snapshot_state_dict)
-    result.to_frame()        # tidy records (DESIGN.md), one row per (layer, metric, alpha)
+    result.to_frame()        # tidy records (README "Records"), one row per (layer, metric, alpha)
 
 For every chunk of the data the current weights θ and the snapshot weights θ̃ see the same
 examples with the same randomness (dropout masks), seeded by the chunk's index so that every
@@ -175,6 +175,9 @@ class Probe:
         batches = as_batches(data)
         if iter(batches) is batches:  # a one-shot iterator: extra passes (Lanczos, BatchNorm
             batches = list(batches)  # 'replace') must see the same batches again
+        from gradvar._validation import check_probe_data  # bad data: a named error, no work
+
+        check_probe_data(self.model, self.loss_fn, batches, unit_size=self.unit_size)
         current = self._weights(self.model)
         paired = snapshot is not None
         snap = self._weights(snapshot) if paired else None
@@ -199,10 +202,12 @@ class Probe:
             budget = self._materialise_bytes()
             for index, x, y in self._chunks(batches, rank, world, "probe"):
                 for g, h, dropped in self._split_on_oom(index, x, y, current, snap):
+                    sums.add_nonfinite(dropped)
+                    if next(iter(g.values())).n == 0:
+                        continue  # every sample of the chunk was dropped as non-finite
                     check = not self.skip_nonfinite  # skipping checked (and dropped) already
                     if not sums.update(g, h, materialise_bytes=budget, check_finite=check):
                         self._raise_nonfinite(g, h, index)
-                    sums.add_nonfinite(dropped)
                     if use_gram:
                         store.add(g)
                     del g, h

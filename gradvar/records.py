@@ -113,15 +113,14 @@ def validate(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype({c: _DTYPES[c] for c in COLUMNS})
 
 
-def off_snapshot(records: pd.DataFrame, *, or_all: bool = False) -> pd.DataFrame:
-    """The rows of checkpoints not taken at a snapshot (step != snapshot_step, or unknown).
+def off_snapshot(records: pd.DataFrame) -> pd.DataFrame:
+    """The rows of checkpoints not taken at their snapshot (step != snapshot_step, or unknown).
 
-    At a snapshot ρ = α* = 1 by construction, so averages over checkpoints leave those out.
-    With ``or_all``, ``records`` itself is returned when every row is at a snapshot.
+    At a snapshot ρ = α* = 1 by construction, so averages over checkpoints, curves and
+    findings leave those rows out; when every row is at a snapshot the result is empty.
     """
     at_snapshot = (records["step"] == records["snapshot_step"]).fillna(False).astype(bool)
-    off = records[~at_snapshot.to_numpy()]
-    return records if or_all and off.empty else off
+    return records[~at_snapshot.to_numpy()]
 
 
 def write_records(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:

@@ -1,12 +1,18 @@
 """A short Markdown report of a records table: findings, figures and per-layer tables.
 
 ``write_report`` writes ``report.md`` into a directory: a line per run (checkpoints, steps,
-unit, n), a few sentences generated from the numbers (does α* fall with depth and over
-training, does standard SVRG add variance), the figures of :func:`gradvar.plots.plot_all`
-as relative PNG links, and per run two per-layer tables (the last checkpoint, and the mean
-over checkpoints). Numbers carry 4 significant digits. Snapshot-relative metrics (ρ, α*,
-Var(v)/Var(g)) are averaged over off-snapshot checkpoints only: at a snapshot θ = θ̃, so
-ρ = α* = 1 and the ratio at α = 1 is 0 for every layer, which says nothing about the run.
+unit, n), a few sentences generated from the numbers, the figures of
+:func:`gradvar.plots.plot_all` as relative PNG links, and per run two per-layer tables (the
+last checkpoint, and the mean over checkpoints). Numbers carry 4 significant digits.
+
+Findings are stated only where the evidence supports them: a trend (with depth, or over
+training) is claimed only over at least ``MIN_POINTS`` = 3 layers or checkpoints and a
+Spearman rank correlation of magnitude at least ``STRONG_CORRELATION`` = 0.7, and the
+sentence always gives the correlation and the count; otherwise it says there is no clear
+trend (with both numbers), or nothing. Depth counts modules by their weights only
+(:func:`gradvar.plots.depth_layers`). Snapshot-relative metrics (ρ, α*, Var(v)/Var(g)) come
+from checkpoints away from their snapshot only: at a snapshot θ = θ̃, so ρ = α* = 1 and the
+ratio at α = 1 is 0 for every layer, which says nothing about the run.
 """
 
 from __future__ import annotations
@@ -29,7 +35,10 @@ from gradvar.plots import (
 )
 from gradvar.records import WHOLE_MODEL, off_snapshot, validate
 
-__all__ = ["SUMMARY_METRICS", "write_report"]
+__all__ = ["SUMMARY_METRICS", "MIN_POINTS", "STRONG_CORRELATION", "write_report"]
+
+MIN_POINTS = 3  # fewer layers or checkpoints than this: no trend is claimed
+STRONG_CORRELATION = 0.7  # |Spearman rank correlation| below this: "no clear trend"
 
 SUMMARY_METRICS: tuple[str, ...] = (
     "m2_total_variance",
@@ -62,13 +71,15 @@ def write_report(
     *,
     title: str = "gradvar report",
     figures: Mapping[str, Sequence[str | os.PathLike[str]]] | None = None,
+    layer_kinds: Mapping[str, Sequence[str]] | None = None,
 ) -> Path:
     """Write ``out_dir/report.md`` for ``records``; return its path.
 
     ``figures`` maps a figure name to its saved files (as :func:`gradvar.plots.plot_all`
     returns); when omitted, every supported figure is drawn into ``out_dir/figures``. Each
     figure is embedded through its PNG (linked relative to ``out_dir``), other formats are
-    linked beside it.
+    linked beside it. ``layer_kinds`` (layer -> module classes, from the records' sidecar)
+    tells normalisation layers apart for the depth finding.
     """
     frame = validate(records)
     if frame.empty:
@@ -76,7 +87,7 @@ def write_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if figures is None:
-        figures = plot_all(frame, out_dir / "figures")
+        figures = plot_all(frame, out_dir / "figures", layer_kinds=layer_kinds)
     order = layer_order(frame)
     groups = []  # (run, unit, rows) in order of appearance
     for (run, unit), rows in frame.groupby(["run", "unit"], sort=False, dropna=False):
@@ -88,7 +99,7 @@ def write_report(
         sentence
         for run, _, rows in groups
         for sentence in (
-            _depth_finding(run, rows, order),
+            _depth_finding(run, rows, order, layer_kinds),
             _trend_finding(run, rows),
             _vr_finding(run, rows),
         )
@@ -134,7 +145,7 @@ def _mean_rows(rows: pd.DataFrame) -> pd.DataFrame:
     """Summary rows to average: snapshot-relative metrics off the snapshots only."""
     rows = _summary_rows(rows)
     relative = rows["metric"].isin(SNAPSHOT_RELATIVE_METRICS).fillna(False).to_numpy(dtype=bool)
-    return pd.concat([rows[~relative], off_snapshot(rows[relative], or_all=True)])
+    return pd.concat([rows[~relative], off_snapshot(rows[relative])])
 
 
 def _by_layer(rows: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
@@ -178,54 +189,78 @@ def _rank_correlation(values: np.ndarray) -> float:
     return float(np.corrcoef(np.arange(len(ranks)), ranks)[0, 1])
 
 
-def _depth_finding(run: str, rows: pd.DataFrame, order: Sequence[str]) -> str | None:
-    """Does α* (mean over off-snapshot checkpoints) fall from the first to the last layer?"""
-    alpha = off_snapshot(_of(rows, "metric", "alpha_star_mean"), or_all=True)
+def _strong(correlation: float, count: int) -> bool:
+    """Enough points and a rank correlation strong enough to speak of a trend."""
+    return count >= MIN_POINTS and abs(correlation) >= STRONG_CORRELATION
+
+
+def _depth_finding(
+    run: str,
+    rows: pd.DataFrame,
+    order: Sequence[str],
+    kinds: Mapping[str, Sequence[str]] | None = None,
+) -> str | None:
+    """α* (mean over off-snapshot checkpoints) against depth, modules by their weights."""
+    alpha = off_snapshot(_of(rows, "metric", "alpha_star_mean"))
     means = alpha.groupby("layer")["value"].mean()
-    layers = depth_layers([layer for layer in order if layer in means.index])
+    layers = depth_layers([layer for layer in order if layer in means.index], kinds=kinds)
     if len(layers) < 2:
         return None
     values = means.reindex(layers).to_numpy(dtype=float)
-    first, last, correlation = values[0], values[-1], _rank_correlation(values)
-    if last < first and correlation < 0:
-        trend = "decreases with depth"
-    elif last > first and correlation > 0:
-        trend = "increases with depth"
+    ends = (
+        f"first layer `{layers[0]}` {_fmt(values[0])}, last layer `{layers[-1]}` {_fmt(values[-1])}"
+    )
+    if len(layers) < MIN_POINTS:
+        return (
+            f"α* in run `{run}`: {ends} (only {len(layers)} layers: too few to tell a trend with "
+            "depth; means over off-snapshot checkpoints)."
+        )
+    correlation = _rank_correlation(values)
+    if _strong(correlation, len(layers)):
+        trend = "decreases with depth" if correlation < 0 else "increases with depth"
     else:
-        trend = "shows no monotone trend with depth"
+        trend = "shows no clear trend with depth"
     return (
-        f"α* {trend} in run `{run}`: first layer `{layers[0]}` {_fmt(first)}, last layer "
-        f"`{layers[-1]}` {_fmt(last)} (rank correlation with depth {correlation:+.2f} over "
-        f"{len(layers)} layers; means over off-snapshot checkpoints)."
+        f"α* {trend} in run `{run}`: {ends} (rank correlation with depth {correlation:+.2f} "
+        f"over {len(layers)} layers; means over off-snapshot checkpoints)."
     )
 
 
 def _trend_finding(run: str, rows: pd.DataFrame) -> str | None:
     """How α*(__all__) moved over training: per snapshot interval when there are several."""
     whole = _of(_of(rows, "metric", "alpha_star_mean"), "layer", WHOLE_MODEL)
-    whole = off_snapshot(whole, or_all=True).dropna(subset=["step", "value"])
+    whole = off_snapshot(whole).dropna(subset=["step", "value"])
     if whole.empty:
         return None
     intervals = whole["snapshot_step"]
-    if intervals.notna().all() and intervals.nunique() >= 2:
+    per_checkpoint = intervals.nunique() == whole["step"].nunique()  # pairing: previous
+    if intervals.notna().all() and intervals.nunique() >= 2 and not per_checkpoint:
         means = whole.groupby("snapshot_step", sort=True)["value"].mean()
         subject = f"In run `{run}` the mean α*(`{WHOLE_MODEL}`) per snapshot interval"
         where = [f"(interval from step {step})" for step in (means.index[0], means.index[-1])]
+        noun = "intervals"
     else:
         means = _by_step(whole)
         subject = f"In run `{run}` α*(`{WHOLE_MODEL}`)"
         where = [f"at step {step}" for step in (means.index[0], means.index[-1])]
-        if len(means) < 2:
-            return None
+        noun = "checkpoints"
+    if len(means) < 2:
+        return None
     start, end = float(means.iloc[0]), float(means.iloc[-1])
-    verb = "fell" if end < start else "rose" if end > start else "stayed"
-    return f"{subject} {verb} from {_fmt(start)} {where[0]} to {_fmt(end)} {where[1]}."
+    span = f"from {_fmt(start)} {where[0]} to {_fmt(end)} {where[1]}"
+    if len(means) < MIN_POINTS:
+        return f"{subject} went {span} (only {len(means)} {noun}: too few to tell a trend)."
+    correlation = _rank_correlation(means.to_numpy(dtype=float))
+    stats = f"rank correlation with step {correlation:+.2f} over {len(means)} {noun}"
+    if not _strong(correlation, len(means)):
+        return f"{subject} shows no clear trend over training ({stats}; {span})."
+    return f"{subject} {'fell' if correlation < 0 else 'rose'} {span} ({stats})."
 
 
 def _vr_finding(run: str, rows: pd.DataFrame) -> str | None:
     """At alpha = 1 (SVRG), at how many off-snapshot checkpoints does v out-vary g?"""
     ratio = _of(_of(_summary_rows(rows), "metric", "vr_variance_ratio"), "layer", WHOLE_MODEL)
-    per_step = _by_step(off_snapshot(ratio, or_all=True))
+    per_step = _by_step(off_snapshot(ratio))
     if per_step.empty:
         return None
     above = per_step[per_step > 1.0]

@@ -60,7 +60,7 @@ class ProbeResult:
         return out
 
     def to_frame(self, **meta: Any) -> pd.DataFrame:
-        """Records in DESIGN.md's format; ``meta`` overrides run/checkpoint/step/epoch/..."""
+        """Records (README "Records"); ``meta`` overrides run/checkpoint/step/epoch/..."""
         info = {**self.meta, **meta}
         rows = [
             {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -169,6 +170,9 @@ def test_fit_and_plot_commands(run_dir: Path, tmp_path: Path) -> None:
     main(["fit", str(records), "--kind", "linear", "--out", str(tmp_path / "s.json")])
     schedule = gradvar.schedules.load(tmp_path / "s.json")
     assert schedule.kind == "linear"
+    run_total = CheckpointSeries(run_dir).run_config["total_steps"]
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert saved["total_steps"] == run_total == 16  # the run's length, not a rounded-up one
     main(["plot", str(records), "--out", str(tmp_path / "fig")])
     assert (tmp_path / "fig" / "report.md").exists()
     assert (tmp_path / "fig" / "alpha_star_over_steps.png").stat().st_size > 1000

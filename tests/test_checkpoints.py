@@ -21,7 +21,7 @@ from gradvar.checkpoints import (
     save_checkpoint,
     write_run_config,
 )
-from gradvar.errors import CheckpointError, InvalidArgumentError
+from gradvar.errors import CheckpointError, CheckpointWarning, InvalidArgumentError
 
 
 def _model(seed: int = 0, hidden: int = 5) -> nn.Module:
@@ -69,9 +69,9 @@ def test_optional_fields_absent_and_optimizer_kept(tmp_path: Path) -> None:
 def test_series_orders_by_step_and_parses_plain_names(tmp_path: Path) -> None:
     models = {step: _model(seed=step) for step in (1200, 30, 400)}
     torch.save(models[1200].state_dict(), tmp_path / "ckpt-1200.pt")
-    torch.save(models[30].state_dict(), tmp_path / "epoch_30.pt")
+    torch.save(models[30].state_dict(), tmp_path / "step_30.pt")
     safetensors.torch.save_file(
-        dict(models[400].state_dict()), tmp_path / "v2_model_400.safetensors"
+        dict(models[400].state_dict()), tmp_path / "checkpoint-400.safetensors"
     )
     (tmp_path / "notes.txt").write_text("not a checkpoint")
     series = CheckpointSeries(tmp_path)
@@ -80,32 +80,43 @@ def test_series_orders_by_step_and_parses_plain_names(tmp_path: Path) -> None:
     assert series[-1].name == "ckpt-1200.pt" and [c.step for c in series[:2]] == [30, 400]
     for checkpoint in series:
         _assert_same_weights(models[checkpoint.step], checkpoint.load())
-    assert series.pairing == "none" and series.snapshot_for(series[0]) is None
+    # no snapshot information: each checkpoint against the previous one, and it says so
+    assert series.pairing == "previous" and "previous" in series.pairing_note
+    assert [series.snapshot_for(c).step for c in series] == [30, 30, 400]
 
 
 def test_step_field_wins_over_name_and_common_dict_layouts(tmp_path: Path) -> None:
     model = _model()
-    torch.save({"model_state_dict": model.state_dict(), "epoch": 3}, tmp_path / "a-9.pt")
-    torch.save({"state_dict": model.state_dict(), "step": 50}, tmp_path / "best.pth")
+    torch.save({"model_state_dict": model.state_dict(), "epoch": 3, "step": 9}, tmp_path / "a.pt")
+    torch.save({"state_dict": model.state_dict(), "step": 50}, tmp_path / "step-7.pth")
     series = CheckpointSeries(tmp_path)
     assert series.steps == [9, 50]
     assert series[0].epoch == 3.0 and series[0].metadata["epoch"] == 3
+    assert series[1].step_from == "metadata:step"
     for checkpoint in series:
         _assert_same_weights(model, checkpoint.load())
 
 
-def test_files_without_a_step_are_named(tmp_path: Path) -> None:
-    torch.save(_model().state_dict(), tmp_path / "final.pt")
-    torch.save(_model().state_dict(), tmp_path / "best.pt")
+def test_files_without_a_step_are_skipped_with_a_warning(tmp_path: Path) -> None:
+    torch.save(_model(1).state_dict(), tmp_path / "final.pt")
+    torch.save(_model(2).state_dict(), tmp_path / "mystery.pt")
     torch.save(_model().state_dict(), tmp_path / "step-1.pt")
-    with pytest.raises(CheckpointError, match=r"best\.pt.*final\.pt"):
-        CheckpointSeries(tmp_path)
+    torch.save(_model(3).state_dict(), tmp_path / "step-2.pt")
+    with pytest.warns(CheckpointWarning, match=r"mystery\.pt") as caught:
+        series = CheckpointSeries(tmp_path)
+    assert any("final.pt" in str(w.message) for w in caught)
+    assert series.steps == [1, 2]
+    assert {name for name, _ in series.skipped} == {"final.pt", "mystery.pt"}
 
 
-def test_duplicate_steps_are_refused(tmp_path: Path) -> None:
+def test_duplicate_steps_are_refused_unless_identical(tmp_path: Path) -> None:
     save_checkpoint(tmp_path, _model(), step=5)
     save_checkpoint(tmp_path, _model(), step=5, format="safetensors")
-    with pytest.raises(CheckpointError, match="same step"):
+    save_checkpoint(tmp_path, _model(seed=1), step=6)
+    series = CheckpointSeries(tmp_path)  # the same weights twice: one is kept
+    assert series.steps == [5, 6] and len(series.skipped) == 1
+    save_checkpoint(tmp_path, _model(seed=2), step=6, format="safetensors")
+    with pytest.raises(CheckpointError, match="same step 6 with different weights"):
         CheckpointSeries(tmp_path)
 
 
@@ -193,11 +204,12 @@ def test_long_key_lists_are_truncated() -> None:
         check_compatible(model, {}, "x.pt")
 
 
-def test_ddp_prefix_gets_a_hint() -> None:
+def test_ddp_prefix_gets_a_hint_and_load_into_strips_it() -> None:
     model = _model()
     state = {f"module.{k}": v for k, v in model.state_dict().items()}
     with pytest.raises(CheckpointError, match="prefix 'module.'"):
         check_compatible(model, state)
+    _assert_same_weights(model, load_into(_model(seed=4), state).state_dict())
 
 
 def test_shape_mismatch_lists_name_and_both_shapes(tmp_path: Path) -> None:

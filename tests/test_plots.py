@@ -99,19 +99,46 @@ def test_alpha_star_over_steps_one_panel_per_run_one_line_per_layer(records):
     fig = plots.alpha_star_over_steps(records)
     axes = main_axes(fig)
     assert len(axes) == len(RUNS)
+    off = [s for s in STEPS if s % SNAPSHOT_INTERVAL]
     for ax in axes:
         lines = data_lines(ax)
         assert [line.get_label() for line in lines] == [*LAYERS, WHOLE_MODEL]
         for line in lines:
-            assert len(line.get_xdata()) == len(STEPS)
-            assert np.all((line.get_ydata() > 0.3) & (line.get_ydata() <= 1.0 + 1e-12))
+            x, y = line.get_xdata(), line.get_ydata()
+            # the checkpoints off their snapshot, one piece per snapshot interval
+            assert x[np.isfinite(x)].tolist() == off
+            assert np.flatnonzero(np.isnan(x)).tolist() == [3, 7]
+            assert np.all((y[np.isfinite(y)] > 0.3) & (y[np.isfinite(y)] < 1.0))
         snapshot_lines = [line for line in ax.lines if line.get_label() == "_snapshot"]
         assert sorted(line.get_xdata()[0] for line in snapshot_lines) == [0, 100, 200]
         assert ax.child_axes, "secondary epoch axis expected"
-    # at every snapshot step alpha* is exactly 1
+        assert ax.get_ylabel() == "α* (mean over coordinates)"  # on every panel
+        assert sorted(t.get_text() for t in ax.texts) == sorted([*LAYERS, WHOLE_MODEL])
+    colors = {tuple(line.get_color()) for line in data_lines(axes[0])}
+    assert len(colors) == len(LAYERS) + 1
     fc1 = data_lines(axes[0])[0]
-    at_snapshot = np.isin(fc1.get_xdata(), [0, 100, 200])
-    np.testing.assert_allclose(fc1.get_ydata()[at_snapshot], 1.0)
+    finite = np.isfinite(fc1.get_xdata())
+    expected = [alpha_star_of(0, 0, s) for s in off]
+    np.testing.assert_allclose(fc1.get_ydata()[finite], expected)
+
+
+def test_alpha_star_over_steps_draws_weights_by_module_only():
+    rows = [
+        {"run": "r", "checkpoint": str(s), "step": s, "epoch": np.nan, "snapshot_step": s - 1,
+         "layer": layer, "metric": "alpha_star_mean", "value": 0.9, "n": 8, "unit": "sample"}
+        for s in (1, 2, 3)
+        for layer in ("conv.weight", "conv.bias", "bn.weight", "bn.bias", "fc.weight", "__all__")
+    ]  # fmt: skip
+    fig = plots.alpha_star_over_steps(to_frame(rows))
+    line = data_lines(main_axes(fig)[0])[0]
+    labels = [line.get_label() for line in data_lines(main_axes(fig)[0])]
+    assert labels == ["conv.weight", "fc.weight", WHOLE_MODEL]
+    # pairing with the previous checkpoint: every checkpoint has its own snapshot, one line
+    assert line.get_xdata().tolist() == [1, 2, 3]
+    kinds = {"conv.weight": ["Conv2d"], "bn.weight": ["Linear"], "fc.weight": ["LayerNorm"]}
+    fig = plots.alpha_star_over_steps(to_frame(rows), layer_kinds=kinds)
+    labels = [line.get_label() for line in data_lines(main_axes(fig)[0])]
+    assert labels == ["conv.weight", "bn.weight", WHOLE_MODEL]
 
 
 def test_alpha_star_over_steps_filters_and_ax(records):
@@ -141,10 +168,10 @@ def test_alpha_star_over_steps_many_layers_uses_colorbar():
             "unit": "sample",
         }
         for s in (0, 1, 2)
-        for i in range(20)
+        for i in range(25)
     ]
     fig = plots.alpha_star_over_steps(to_frame(rows))
-    assert len(data_lines(main_axes(fig)[0])) == 20
+    assert len(data_lines(main_axes(fig)[0])) == 25
     assert any(ax.get_label() == "<colorbar>" for ax in fig.axes)
 
 
@@ -173,19 +200,26 @@ def test_metrics_over_training_draws_present_panels_only(records, caplog):
         plots.metrics_over_training(make_records(metrics=("rho_mean",)))
 
 
-def test_rho_heatmap_shape_order_and_range(records):
+def test_rho_heatmap_shape_order_range_and_step_axis_to_scale(records):
     fig = plots.rho_heatmap(records, run="run_a")
     ax = fig.axes[0]
     mesh = next(c for c in ax.collections if isinstance(c, QuadMesh))
     array = mesh.get_array()
     assert array.shape == (len(LAYERS) + 1, len(STEPS))
     assert mesh.get_clim() == (-1.0, 1.0)
-    assert np.all((array >= -1) & (array <= 1))
     assert [t.get_text() for t in ax.get_yticklabels()] == [*LAYERS, WHOLE_MODEL]
-    assert [t.get_text() for t in ax.get_xticklabels()] == [str(s) for s in STEPS]
-    # row fc3 (depth 2), run_a: rho = 2 alpha* - 1, independently recomputed
-    expected = [2 * alpha_star_of(0, 2, s) - 1 for s in STEPS]
-    np.testing.assert_allclose(np.asarray(array[2]), expected)
+    # the step axis is numeric: cell centres are the steps themselves
+    edges = mesh.get_coordinates()[0, :, 0]
+    np.testing.assert_allclose((edges[1:] + edges[:-1]) / 2, STEPS)
+    # row fc3 (depth 2), run_a: rho = 2 alpha* - 1, independently recomputed; snapshot
+    # checkpoints (rho = 1 by construction) are blank
+    at_snapshot = np.array([s % SNAPSHOT_INTERVAL == 0 for s in STEPS])
+    row = np.ma.getdata(array[2]).astype(float)
+    assert np.ma.getmaskarray(array[2]).tolist() == at_snapshot.tolist()
+    expected = np.array([2 * alpha_star_of(0, 2, s) - 1 for s in STEPS])
+    np.testing.assert_allclose(row[~at_snapshot], expected[~at_snapshot])
+    markers = [line for line in ax.lines if line.get_label() == "_snapshot"]
+    assert markers and markers[0].get_xdata().tolist() == [0, 100, 200]
 
 
 def test_rho_heatmap_needs_one_run(records):
@@ -224,8 +258,10 @@ def test_vr_variance_plot_lines_per_alpha_and_run(records):
     fig = plots.vr_variance_plot(records, runs="run_a", alphas=[1.0])
     (line,) = data_lines(main_axes(fig)[0])
     assert line.get_label() == "α = 1"
-    assert line.get_ydata()[0] == pytest.approx(0.0)  # at the snapshot v has no variance
-    assert line.get_ydata().max() > 1.0  # stale snapshot: SVRG adds variance
+    x = line.get_xdata()
+    assert not np.isin(x, [0, 100, 200]).any()  # snapshot checkpoints are not on the curve
+    assert np.nanmin(line.get_ydata()) > 0.0
+    assert np.nanmax(line.get_ydata()) > 1.0  # stale snapshot: SVRG adds variance
     with pytest.raises(InvalidArgumentError, match="0.7"):
         plots.vr_variance_plot(records, alphas=[0.7])
 
@@ -283,3 +319,14 @@ def test_plot_all_skips_figures_without_metrics(tmp_path, caplog):
     assert "skipping figure rho_heatmap_run_a" in caplog.text
     assert "rho_mean" in caplog.text
     assert all(Path(p).exists() for paths in saved.values() for p in paths)
+
+
+def test_snapshot_only_records_draw_no_snapshot_relative_figure(tmp_path):
+    rows = make_records()
+    rows["snapshot_step"] = rows["step"]  # every checkpoint is its own snapshot
+    for draw in (plots.alpha_star_over_steps, plots.vr_variance_plot, plots.alpha_star_vs_depth):
+        with pytest.raises(InvalidArgumentError, match="at a snapshot"):
+            draw(rows)
+    with pytest.raises(InvalidArgumentError, match="at a snapshot"):
+        plots.rho_heatmap(rows, run="run_a")
+    assert set(plots.plot_all(rows, tmp_path, formats=("png",))) == {"metrics_over_training"}

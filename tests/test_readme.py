@@ -65,3 +65,12 @@ def test_user_rule_example_runs_and_is_exact() -> None:
         )
     finally:
         _USER.clear()
+
+
+def test_readme_metric_table_lists_every_recorded_metric() -> None:
+    from gradvar.records import METRICS
+
+    text = README.read_text()
+    table = text[text.index("| metric | definition |") : text.index("Statistics are additive")]
+    missing = [metric for metric in METRICS if f"`{metric}`" not in table]
+    assert not missing, f"README metric table lacks {missing}"

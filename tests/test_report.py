@@ -107,10 +107,53 @@ def test_report_findings(written):
     end = np.mean([expected_alpha_star(1, WHOLE_MODEL, s) for s in intervals[200]])
     assert (
         f"In run `run_b` the mean α*(`__all__`) per snapshot interval fell from {start:.4g} "
-        f"(interval from step 0) to {end:.4g} (interval from step 200)."
+        f"(interval from step 0) to {end:.4g} (interval from step 200) (rank correlation with "
+        "step -1.00 over 3 intervals)."
     ) in text
+    assert "rank correlation with depth -1.00 over 3 layers" in text
     assert "At α = 1 (standard SVRG) the correction adds variance" in text
     assert "unit sample, n = 512" in text
+
+
+def _alpha_rows(values_by_layer: dict[str, list[float]], steps=(10, 20, 30, 40)):
+    from gradvar.records import to_frame
+
+    return to_frame(
+        {"run": "r", "checkpoint": str(s), "step": s, "epoch": None, "snapshot_step": 0,
+         "layer": layer, "metric": "alpha_star_mean", "value": values[i], "n": 64,
+         "unit": "sample"}
+        for layer, values in values_by_layer.items()
+        for i, s in enumerate(steps)
+    )  # fmt: skip
+
+
+def test_report_claims_no_trend_from_two_layers_or_a_weak_correlation(tmp_path):
+    two = _alpha_rows({"0.weight": [0.9] * 4, "2.weight": [0.95] * 4})
+    text = report.write_report(two, tmp_path / "two", figures={}).read_text()
+    assert "increases" not in text and "only 2 layers: too few to tell a trend" in text
+    weak = _alpha_rows(
+        {f"{i}.weight": [v] * 4 for i, v in enumerate([0.9, 0.7, 0.95, 0.6, 0.92])}
+        | {WHOLE_MODEL: [0.80, 0.85, 0.79, 0.84]}
+    )
+    text = report.write_report(weak, tmp_path / "weak", figures={}).read_text()
+    assert "shows no clear trend with depth" in text and "over 5 layers" in text
+    assert "decreases" not in text and "shows no clear trend over training" in text
+    # BatchNorm weights (by the recorded module kinds) and biases do not count for depth
+    mixed = _alpha_rows({"c.weight": [0.9] * 4, "c.bias": [0.1] * 4, "n.weight": [0.2] * 4,
+                         "d.weight": [0.8] * 4, "e.weight": [0.7] * 4})  # fmt: skip
+    kinds = {"c.weight": ["Conv2d"], "n.weight": ["BatchNorm2d"], "d.weight": ["Linear"],
+             "e.weight": ["Linear"]}  # fmt: skip
+    text = report.write_report(mixed, tmp_path / "mixed", figures={}, layer_kinds=kinds).read_text()
+    assert "α* decreases with depth in run `r`: first layer `c.weight` 0.9, last layer " in text
+    assert "over 3 layers" in text
+
+
+def test_report_of_snapshot_only_records_claims_nothing_off_snapshot(tmp_path):
+    rows = make_records()
+    rows["snapshot_step"] = rows["step"]
+    text = report.write_report(rows, tmp_path, figures={}).read_text()
+    assert "off-snapshot checkpoints of run" not in text and "α* decreases" not in text
+    assert "taken at a snapshot: ρ = α* = 1 there by construction" in text
 
 
 def test_report_embeds_existing_pngs(written):
