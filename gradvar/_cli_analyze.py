@@ -173,6 +173,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     config = series.run_config
     unit: str | int = args.unit if args.unit == "sample" else _int_unit(args.unit)
     run = args.run or series.path.resolve().name
+    probe_configs: list[dict[str, Any]] = []
     records = analyze(
         series,
         model_fn,
@@ -192,6 +193,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         top_eigenvalue=args.top_eigenvalue,
         seed=args.seed,
         skip_nonfinite=args.skip_nonfinite,
+        on_result=lambda result, *_: probe_configs.append(result.config),
     )
     mine = records[(records["run"] == run) & (records["unit"] == str(unit))]
     print(
@@ -204,6 +206,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     for name, reason in series.skipped:
         print(f"skipped {name}: {reason}")
     _print_prefixes(args.out, run, str(unit))
+    if probe_configs:
+        _print_routes(probe_configs[-1])
     pool = off_snapshot(mine)
     if pool.empty:
         print("no checkpoint away from its snapshot: ρ and α* were not measured")
@@ -238,6 +242,17 @@ def _print_prefixes(out: str, run: str, unit: str) -> None:
     prefixes = sorted({c.get("prefix", "") for c in entry.get("checkpoints", {}).values()} - {""})
     if prefixes:
         print(f"keys: stripped the prefix {', '.join(map(repr, prefixes))} to match the model")
+
+
+def _print_routes(config: Mapping[str, Any]) -> None:
+    """How each parameter's per-example gradients were computed (rule, vmap or loop)."""
+    routes: dict[str, str] = config.get("routes", {})
+    counts: dict[str, int] = {}
+    for route in routes.values():
+        counts[route] = counts.get(route, 0) + 1
+    print("routes: " + ", ".join(f"{r} {c}" for r, c in sorted(counts.items())))
+    for name, reason in config.get("route_reasons", {}).items():
+        print(f"  {name} -> {routes.get(name)}: {reason}")
 
 
 def _print_summary(frame) -> None:

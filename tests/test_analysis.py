@@ -52,7 +52,7 @@ def _api_records(run_dir: Path, out: Path | None = None, **kw) -> pd.DataFrame:
     )
 
 
-def test_cli_and_api_give_identical_records(run_dir: Path, tmp_path: Path) -> None:
+def test_cli_and_api_give_identical_records(run_dir: Path, tmp_path: Path, capsys) -> None:
     api = _api_records(run_dir)
     main(
         [
@@ -69,6 +69,7 @@ def test_cli_and_api_give_identical_records(run_dir: Path, tmp_path: Path) -> No
     )
     cli = read_records(tmp_path / "cli.parquet")
     pd.testing.assert_frame_equal(api.reset_index(drop=True), cli.reset_index(drop=True))
+    assert "routes: linear " in capsys.readouterr().out  # how the gradients were computed
     series = CheckpointSeries(run_dir)
     assert sorted(api["step"].unique()) == series.steps
     # the pairing is recorded; snapshots pair with themselves (rho = 1 there)
