@@ -644,7 +644,7 @@ def as_schedule(x: Any) -> Schedule:
         return from_dict(x)
     raise InvalidArgumentError(
         f"cannot use {type(x).__name__} {x!r} as an alpha schedule; pass a number (constant "
-        "alpha), a Schedule such as Linear(0.75, total_steps), \"measured\" (AlphaSVRG "
+        'alpha), a Schedule such as Linear(0.75, total_steps), "measured" (AlphaSVRG '
         "measures it), or a dict from to_dict() "
         "(for a JSON file use gradvar.schedules.load(path))"
     )

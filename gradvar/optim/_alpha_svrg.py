@@ -494,8 +494,9 @@ class AlphaSVRG(torch.optim.Optimizer):
         assert self._measured is not None and self._mean_grad is not None
         mean = self._mean_grad
         terms = [
-            pair_terms(g, h, mean[i]) for i, g, h in zip(indices, gs, hs) if g is not None
-            and h is not None
+            pair_terms(g, h, mean[i])
+            for i, g, h in zip(indices, gs, hs)
+            if g is not None and h is not None
         ]
         self._measured.observe(slot, terms)
 
