@@ -71,9 +71,10 @@ class Monitor:
         loss_fn: ``loss_fn(model(inputs), targets)``, as for :class:`~gradvar.Probe`.
         data: the probe set: one (inputs, targets) pair or an iterable of pairs; materialised
             once, so every probe sees exactly the same examples (and dropout draws).
-        every: k, steps between probes, or ``"auto"``: a first probe after 20 steps, then
-            ``k = ceil(probe seconds / (max_overhead · seconds per training step))``,
-            re-estimated after every probe.
+        every: k, steps between probes, or ``"auto"``: a first probe after 20 steps (to
+            measure its cost), then after each probe the k that brings the total probe time
+            back within ``max_overhead`` of the training time by the next one (steady state:
+            ``k ≈ probe seconds / (max_overhead · seconds per step)``).
         out: records file (Parquet, or ``.csv``) to append to; None keeps them in memory
             (:attr:`records`).
         run: the ``run`` column.
@@ -267,13 +268,16 @@ class Monitor:
         write_records(frame, self.out)
 
     def _auto_every(self) -> int:
-        """k that keeps probe time / training time ≤ max_overhead at the costs seen so far;
-        the same on every rank (rank 0's timings are broadcast)."""
+        """Steps until the next probe such that, at the costs seen so far, the total probe
+        time stays within ``max_overhead`` of the training time when that probe is done:
+        ``k = ceil(((P + p) / max_overhead − T) / t)`` with P the probe seconds so far, p
+        their mean, T the training seconds so far and t the seconds per step (at least 1).
+        The same on every rank (rank 0's value is broadcast)."""
         steps = max(self._step - self._start_step, 1)
-        seconds_per_step = self.train_seconds / steps if self.train_seconds > 0 else 0.0
-        probe = self.probe_seconds / max(self.num_probes, 1)
-        wanted = probe / (self.max_overhead * seconds_per_step) if seconds_per_step else 1.0
-        every = max(1, math.ceil(wanted))
+        per_step = self.train_seconds / steps
+        per_probe = self.probe_seconds / max(self.num_probes, 1)
+        budget = (self.probe_seconds + per_probe) / self.max_overhead - self.train_seconds
+        every = max(1, math.ceil(budget / per_step)) if per_step > 0 else 1
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():

@@ -168,10 +168,17 @@ def test_log_gets_headline_metrics_and_auto_every_keeps_the_overhead(monkeypatch
         loss_fn(model(x), y).backward()
         opt.step()
         monitor.step()
-    assert [s for _, s in logged] == [20]  # the first probe at 20, the next due at 520
-    assert monitor.every == 500  # 0.5 s / (0.1 × 0.01 s)
+    # First probe at 20 (0.2 s of training, 0.5 s probing); the next when 2 probes fit in 10 %
+    # of the training time: (1.0 s / 0.1 − 0.2 s) / 0.01 s = 980 steps later.
+    assert [s for _, s in logged] == [20]
     first = logged[0][0]
-    assert first["gradvar/every"] == 500 and first["gradvar/overhead"] == pytest.approx(2.5)
+    assert first["gradvar/every"] == 980 and first["gradvar/overhead"] == pytest.approx(2.5)
+    for t in range(300, 1100):
+        clock[0] += 0.01
+        monitor.step()
+    assert [s for _, s in logged] == [20, 1000]
+    assert logged[1][0]["gradvar/overhead"] == pytest.approx(0.1)  # 1.0 s / 10 s
+    assert monitor.every == 500  # steady state: 0.5 s / (0.1 × 0.01 s)
     assert {"gradvar/alpha_star_layer", "gradvar/m2_total_variance"} <= set(first)
     assert "gradvar/vr_variance_ratio@1.0" in first
 

@@ -19,7 +19,7 @@ from gradvar.errors import InvalidArgumentError, OptimizerStateError
 from gradvar.optim import _alpha
 from gradvar.optim._alpha import AlphaArg, AlphaBucket
 from gradvar.optim._correction import add_mean_grads_, fold_snapshot_grads_
-from gradvar.optim._measured import MeasuredAlpha, pair_terms
+from gradvar.optim._measured import MeasuredAlpha
 from gradvar.optim._snapshot import (
     LossFn,
     grads_alias_buckets,
@@ -489,33 +489,22 @@ class AlphaSVRG(torch.optim.Optimizer):
             for b in self._buckets
         ]
 
-    def _observe(self, slot: int, indices: Iterable[int], gs: list[Any], hs: list[Any]) -> None:
-        """Hand measured slot ``slot`` this step's pairs (parameters with both g and h)."""
-        assert self._measured is not None and self._mean_grad is not None
-        mean = self._mean_grad
-        terms = [
-            pair_terms(g, h, mean[i])
-            for i, g, h in zip(indices, gs, hs)
-            if g is not None and h is not None
-        ]
-        self._measured.observe(slot, terms)
-
     def _observe_cached(self) -> None:
         """Cache mode: h = the mean of the cached batch gradients named this step."""
         assert self._cache is not None and self._measured is not None
-        params = self._params()
+        assert self._mean_grad is not None
         rows = [self._cache[index] for index in self._cached_indices]
-        slot = 0
-        for bucket in self._buckets:
-            if not bucket.measured:
-                continue
-            gs = [params[i].grad for i in bucket.indices]
-            hs = []
-            for i in bucket.indices:
-                cached = [row[i] for row in rows if row[i] is not None]
-                hs.append(None if not cached else torch.stack(cached).mean(0))
-            self._observe(slot, bucket.indices, gs, hs)
-            slot += 1
+        hs: list[Tensor | None] = []
+        for i in range(len(self._mean_grad)):
+            cached = [row[i] for row in rows if row[i] is not None]
+            hs.append(
+                None
+                if not cached
+                else cached[0]
+                if len(cached) == 1
+                else torch.stack(cached).mean(0)
+            )
+        self._measured.observe([p.grad for p in self._params()], hs, self._mean_grad)
 
     def _check_snapshot(self, params: list[Tensor], caller: str) -> None:
         if self._snapshot is None:
@@ -566,12 +555,10 @@ class AlphaSVRG(torch.optim.Optimizer):
 
     def _fold(self, params: list[Tensor], grads: list[Tensor | None]) -> None:
         """``.grad ← g − α h`` with ``g = grads`` (stashed) and ``h`` = what the block left."""
-        slot = 0
+        if self._measured is not None:  # before anything below changes g or h in place
+            assert self._mean_grad is not None
+            self._measured.observe(grads, [p.grad for p in params], self._mean_grad)
         for alpha, bucket in self._alphas():
-            if bucket.measured:  # before anything below changes g or h in place
-                hs = [params[i].grad for i in bucket.indices]
-                self._observe(slot, bucket.indices, [grads[i] for i in bucket.indices], hs)
-                slot += 1
             gs: list[Tensor] = []
             hs: list[Tensor] = []
             for i in bucket.indices:

@@ -7,8 +7,8 @@ and the pairs i of the current snapshot interval, with weights ``w_i = decay**(a
     α_L = clamp((n · C_L / V_L + shrinkage · prior) / (n + shrinkage), low, high)
 
 (α_L = prior while n = 0 or V_L = 0). The step that uses α_L only contributes its own pair
-after it, so α_t is a function of earlier pairs only. Per-step dot products are summed in
-float64 and the running sums are float64 scalars: nothing |θ|-sized is kept.
+after it, so α_t is a function of earlier pairs only. The per-step dot products (one BLAS
+call each) are added to float64 running sums: nothing |θ|-sized is kept.
 """
 
 from __future__ import annotations
@@ -38,10 +38,16 @@ class MeasuredSlot:
     indices: tuple[int, ...]
 
 
-def pair_terms(g: Tensor, h: Tensor, mean: Tensor) -> tuple[Tensor, Tensor]:
-    """``(⟨g, h − μ̃⟩, ‖h − μ̃‖²)`` of one parameter, summed in float64 (0-d tensors)."""
-    d = h - mean
-    return (g * d).sum(dtype=_F64), (d * d).sum(dtype=_F64)
+def pair_terms(g: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
+    """``(⟨g, d⟩, ‖d‖²)`` with ``d = h − μ̃`` of one parameter, as float64 0-d tensors.
+
+    One BLAS dot product each, in the parameter's dtype (float32 for 16-bit parameters);
+    the running sums they are added to are float64.
+    """
+    d, g = d.reshape(-1), g.reshape(-1)
+    if d.dtype in (torch.float16, torch.bfloat16):
+        d, g = d.float(), g.float()
+    return torch.dot(g, d).to(_F64), torch.dot(d, d).to(_F64)
 
 
 class MeasuredAlpha:
@@ -60,9 +66,19 @@ class MeasuredAlpha:
     def __init__(self, slots: Sequence[MeasuredSlot], device: torch.device) -> None:
         self.slots = tuple(slots)
         self.device = device
+        # The measured parameters in slot order, and the fixed (slots × members) 0/1 matrix
+        # that sums their per-step terms per slot: one GEMM, deterministic on every device.
+        self._members = [i for s in self.slots for i in s.indices]
+        owner = [k for k, s in enumerate(self.slots) for _ in s.indices]
+        assign = torch.zeros(len(self.slots), len(self._members), dtype=_F64)
+        assign[owner, range(len(self._members))] = 1.0
+        self._assign = assign.to(device)
+        self._owner = owner
+        self._decay = torch.tensor([s.config.decay for s in self.slots], dtype=_F64).to(device)
         self._sums = torch.zeros(len(self.slots), 3, dtype=_F64, device=device)  # n, C, V
-        self._pending: list[list[Tensor]] | None = None
+        self._pending: tuple[Tensor, list[bool]] | None = None
         self._alphas: list[float] | None = None
+        self._pairs = 0.0
         self._alpha_key: tuple[int, int | None] | None = None
         self._log: list[tuple[int, int | None, float, tuple[float, ...]]] = []
 
@@ -91,25 +107,32 @@ class MeasuredAlpha:
                 low, high = cfg.clamp
                 values.append(min(max(alpha, low), high))
             self._alphas, self._alpha_key = values, key
+            self._pairs = float(n[0]) if len(n) else 0.0
         return self._alphas
-
-    def pairs(self) -> float:
-        """n, the (decayed) number of pairs behind the current alphas (of the first slot)."""
-        return float(self._sums[0, 0]) if self.slots else 0.0
 
     # ------------------------------------------------------------------ streaming
 
     def observe(
         self,
-        slot: int,
-        terms: Sequence[tuple[Tensor, Tensor]],
+        gs: Sequence[Tensor | None],
+        hs: Sequence[Tensor | None],
+        means: Sequence[Tensor],
     ) -> None:
-        """Add one step's pair terms (from :func:`pair_terms`) of slot ``slot``'s parameters."""
-        if not terms:
+        """This step's pair of every measured parameter (lists over all the optimizer's
+        parameters, in order); a parameter lacking g or h adds nothing."""
+        present = [i for i in self._members if gs[i] is not None and hs[i] is not None]
+        if not present:
             return
-        if self._pending is None:
-            self._pending = [[] for _ in self.slots]
-        self._pending[slot].extend(t.to(self.device) for pair in terms for t in pair)
+        ds = torch._foreach_sub([hs[i] for i in present], [means[i] for i in present])
+        terms = {i: pair_terms(gs[i], d) for i, d in zip(present, ds)}
+        zero = torch.zeros((), dtype=_F64, device=self.device)
+        values = torch.stack(
+            [t.to(self.device) for i in self._members for t in terms.get(i, (zero, zero))]
+        )
+        touched = [False] * len(self.slots)
+        for k, i in zip(self._owner, self._members):
+            touched[k] = touched[k] or i in terms
+        self._pending = (values.view(-1, 2), touched)
 
     def commit(self, step: int, snapshot_step: int | None) -> None:
         """After the update at ``step``: log the alphas it used, then add its pairs.
@@ -118,24 +141,15 @@ class MeasuredAlpha:
         """
         position = None if snapshot_step is None else step - snapshot_step
         used = tuple(self.alphas(step, position))
-        self._log.append((step, snapshot_step, self.pairs(), used))
+        self._log.append((step, snapshot_step, self._pairs, used))
         pending, self._pending = self._pending, None
         if pending is None or snapshot_step is None:
             return
-        rows = [i for i, terms in enumerate(pending) if terms]
-        if not rows:
-            return
-        new = torch.stack(
-            [
-                torch.stack([torch.ones((), dtype=_F64, device=self.device), *_sum_pairs(t)])
-                for i, t in enumerate(pending)
-                if i in rows
-            ]
-        )
-        index = torch.tensor(rows, device=self.device)
-        decay = torch.tensor([self.slots[i].config.decay for i in rows], dtype=_F64)
-        updated = self._sums[index] * decay.to(self.device)[:, None] + new
-        self._sums[index] = updated
+        values, touched = pending
+        mask = torch.tensor(touched, dtype=_F64).to(self.device)
+        added = torch.cat([mask[:, None], self._assign @ values], dim=1)
+        factor = torch.where(mask > 0, self._decay, torch.ones_like(self._decay))
+        self._sums = self._sums * factor[:, None] + added
         self._alphas = None
 
     def discard(self) -> None:
@@ -176,8 +190,3 @@ class MeasuredAlpha:
         self._sums = state["sums"].to(device=self.device, dtype=_F64, copy=True)
         self._pending = None
         self._alphas = None
-
-
-def _sum_pairs(terms: list[Tensor]) -> list[Tensor]:
-    """``[Σ C-terms, Σ V-terms]`` from the flat list ``[c0, v0, c1, v1, ...]``."""
-    return [torch.stack(terms[0::2]).sum(), torch.stack(terms[1::2]).sum()]
