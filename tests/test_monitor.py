@@ -172,13 +172,14 @@ def test_log_gets_headline_metrics_and_auto_every_keeps_the_overhead(monkeypatch
     # of the training time: (1.0 s / 0.1 − 0.2 s) / 0.01 s = 980 steps later.
     assert [s for _, s in logged] == [20]
     first = logged[0][0]
-    assert first["gradvar/every"] == 980 and first["gradvar/overhead"] == pytest.approx(2.5)
-    for t in range(300, 1100):
+    assert first["gradvar/every"] in (980, 981)  # ceil of a float: 980 up to rounding
+    assert first["gradvar/overhead"] == pytest.approx(2.5)
+    for _ in range(300, 1100):
         clock[0] += 0.01
         monitor.step()
     assert [s for _, s in logged] == [20, 1000]
     assert logged[1][0]["gradvar/overhead"] == pytest.approx(0.1)  # 1.0 s / 10 s
-    assert monitor.every == 500  # steady state: 0.5 s / (0.1 × 0.01 s)
+    assert monitor.every in (500, 501)  # steady state: 0.5 s / (0.1 × 0.01 s)
     assert {"gradvar/alpha_star_layer", "gradvar/m2_total_variance"} <= set(first)
     assert "gradvar/vr_variance_ratio@1.0" in first
 
