@@ -192,3 +192,23 @@ def test_bad_arguments_name_the_value() -> None:
         Monitor(model, loss_fn, PROBE_SET, max_overhead=1.5)
     with pytest.raises(InvalidArgumentError, match="empty"):
         Monitor(model, loss_fn, [])
+
+
+def test_readme_monitor_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    from gradvar.plots import alpha_star_over_steps
+    from gradvar.zoo import build_model, load_dataset
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "Monitor(" in b)
+    monkeypatch.chdir(tmp_path)
+    x, y = load_dataset("digits", n=256).tensors
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=64)
+    model = build_model("mlp2", in_features=64, num_classes=10, seed=0)
+    opt = AlphaSVRG(torch.optim.SGD(model.parameters(), lr=0.1), "measured")
+    namespace = {"model": model, "loader": loader, "opt": opt, "x": x, "y": y, "epochs": 6}
+    exec("import gradvar, torch\nimport torch.nn.functional as F\n" + block, namespace)  # noqa: S102
+    records = read_records(tmp_path / "records.parquet")
+    assert {"alpha_star_layer", "alpha_measured"} <= set(records["metric"])
+    alpha_star_over_steps(records, metric="alpha_measured")
