@@ -103,9 +103,10 @@ class HuggingFaceMonitor(transformers.TrainerCallback):
         self._state = state
         # Accelerate wraps the optimizer; the monitor needs the one holding the snapshot.
         optimizer = getattr(optimizer, "optimizer", optimizer)
+        loader = kwargs.get("train_dataloader")
         steps_per_epoch = None
-        if state.max_steps and args.num_train_epochs:
-            steps_per_epoch = max(int(state.max_steps / args.num_train_epochs), 1)
+        if loader is not None and hasattr(loader, "__len__") and len(loader) > 0:
+            steps_per_epoch = max(len(loader) // max(args.gradient_accumulation_steps, 1), 1)
         self.monitor = Monitor(
             model if self.output is None else OutputField(model, self.output),
             self.loss_fn,
