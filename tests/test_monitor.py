@@ -212,3 +212,24 @@ def test_readme_monitor_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyP
     records = read_records(tmp_path / "records.parquet")
     assert {"alpha_star_layer", "alpha_measured"} <= set(records["metric"])
     alpha_star_over_steps(records, metric="alpha_measured")
+
+
+def test_callbacks_import_lazily_and_name_the_missing_extra(monkeypatch) -> None:
+    import importlib
+    import sys
+
+    import gradvar.callbacks as callbacks
+
+    assert "lightning" not in dir(callbacks)
+    real = importlib.import_module
+
+    def missing(name: str, *args):
+        if name == "gradvar.callbacks.lightning":
+            raise ModuleNotFoundError("No module named 'lightning'", name="lightning")
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", missing)
+    monkeypatch.delitem(callbacks.__dict__, "LightningMonitor", raising=False)
+    monkeypatch.delitem(sys.modules, "gradvar.callbacks.lightning", raising=False)
+    with pytest.raises(ImportError, match=r"pip install 'gradvar\[callbacks\]'"):
+        callbacks.LightningMonitor  # noqa: B018
