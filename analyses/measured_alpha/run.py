@@ -243,8 +243,8 @@ for layer, color in zip(weights, palette):
 ax.set(
     xlabel="epoch",
     ylabel="alpha",
-    ylim=(-0.05, 1.1),
-    title="measured α (lines, AlphaSVRG) and probed α*_layer (dots, gradvar.Monitor), seed 0",
+    ylim=(-0.05, 1.25),
+    title="seed 0: measured α (lines) and probed α*_layer (dots; epoch 1 partly above 1.25)",
 )
 ax.legend(frameon=False, fontsize=8, loc="lower left", ncols=2)
 fig.savefig(out_dir / "measured_alpha.png")
