@@ -30,11 +30,10 @@ from torch import Tensor, nn
 
 from gradvar._data import as_batches
 from gradvar.errors import InvalidArgumentError
-from gradvar.grads._loss import LossFn
 from gradvar.probe import Probe, ProbeResult
 from gradvar.records import WHOLE_MODEL, read_records, to_frame, write_records
 
-__all__ = ["Monitor", "HEADLINE_METRICS", "checkpoint_label"]
+__all__ = ["Monitor", "HEADLINE_METRICS", "LossFn", "checkpoint_label"]
 
 HEADLINE_METRICS: tuple[str, ...] = (
     "alpha_star_layer",
@@ -50,6 +49,8 @@ HEADLINE_METRICS: tuple[str, ...] = (
 MEASURED_METRIC = "alpha_measured"
 _FIRST_AUTO_EVERY = 20  # steps before the first probe when every="auto": a cost sample
 LogFn = Callable[[Mapping[str, float], int], None]
+LossFn = Callable[[Any, Any], Tensor]
+"""``loss_fn(model(inputs), targets)`` → the mean loss, as for :class:`~gradvar.Probe`."""
 
 
 def checkpoint_label(step: int) -> str:

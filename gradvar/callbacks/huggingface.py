@@ -24,8 +24,7 @@ from typing import Any
 import transformers
 from torch import Tensor, nn
 
-from gradvar.grads._loss import LossFn
-from gradvar.monitor import Monitor
+from gradvar.monitor import LossFn, Monitor
 
 __all__ = ["HuggingFaceMonitor", "OutputField"]
 

@@ -18,8 +18,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from gradvar.grads._loss import LossFn
-from gradvar.monitor import Monitor
+from gradvar.monitor import LossFn, Monitor
 
 __all__ = ["LightningMonitor"]
 
