@@ -7,6 +7,8 @@ Public surface (everything else lives in its module)::
     gradvar.ProbeResult        its result; .to_frame() gives the tidy records
     gradvar.analyze            a probe over every checkpoint of a saved run
     gradvar.CheckpointSeries   a run directory of checkpoints, with snapshot pairing
+    gradvar.Monitor            a probe every k steps while training (plain loops; see
+                               gradvar.callbacks for Lightning and Hugging Face)
     gradvar.AlphaSVRG          alpha-SVRG as a torch.optim.Optimizer wrapping any base one
     gradvar.schedules          alpha schedules (Constant, Linear, ..., Fitted)
     gradvar.fit_schedule       fit a schedule to measured alpha*
@@ -25,6 +27,7 @@ _EXPORTS = {
     "ProbeResult": "gradvar.probe",
     "analyze": "gradvar.analysis",
     "CheckpointSeries": "gradvar.checkpoints",
+    "Monitor": "gradvar.monitor",
     "AlphaSVRG": "gradvar.optim",
     "fit_schedule": "gradvar.fit",
 }

@@ -24,6 +24,7 @@ _LABELS = {
     "rho_layer": "ρ (per layer)",
     "alpha_star_mean": "α* (mean over coordinates)",
     "alpha_star_layer": "α* (per layer)",
+    "alpha_measured": "α measured by AlphaSVRG (per layer)",
     "vr_variance": "Var(v)",
     "vr_variance_ratio": "Var(v) / Var(g)",
 }

@@ -67,6 +67,7 @@ METRICS: tuple[str, ...] = (
     "gns_simple",
     "gsnr_mean",
     "nonfinite_skipped",
+    "alpha_measured",
 )
 
 _DTYPES: dict[str, Any] = {

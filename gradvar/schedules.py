@@ -44,6 +44,8 @@ __all__ = [
     "Fitted",
     "Piecewise",
     "PerLayer",
+    "Measured",
+    "MEASURED_LAYERS",
     "from_dict",
     "as_schedule",
     "save",
@@ -52,6 +54,7 @@ __all__ = [
 
 VERSION = 1
 _INNER_SHAPES = ("linear", "geometric")
+MEASURED_LAYERS = ("parameter", "module", "model")
 
 
 # ---------------------------------------------------------------- arithmetic on any step type
@@ -501,6 +504,93 @@ class PerLayer(Schedule):
         )
 
 
+@dataclass(frozen=True)
+class Measured(Schedule):
+    """Alpha that :class:`~gradvar.optim.AlphaSVRG` measures itself, per layer, as it trains.
+
+    For layer L, over the mini-batch pairs (g_i at θ, h_i at θ̃) of the current snapshot
+    interval that came *before* the step (weights ``w_i = decay**(age of pair i)``)::
+
+        C_L = Σ_i w_i ⟨g_i, h_i − μ̃⟩        V_L = Σ_i w_i ‖h_i − μ̃‖²       n = Σ_i w_i
+        α̂_L = C_L / V_L = Σ_k Cov_k(g, h) / Σ_k Var_k(h)     (μ̃ = E[h] is known exactly)
+        α_L = clamp((n α̂_L + shrinkage · prior) / (n + shrinkage), *clamp)
+
+    α̂_L is the per-layer optimal alpha α*_L (METHOD.md §4) with the snapshot's mean gradient
+    as the known mean of h, so each pair adds two scalars per parameter and no |θ|-sized state.
+    ``prior`` (a number or any schedule; evaluated at the step and, for in-interval schedules,
+    its position) carries the first steps of each interval: α_L = prior while ``n = 0`` or
+    ``V_L = 0``. Because α_t uses only earlier pairs, ``E[v_t | past] = ∇f(θ_t)`` still holds.
+
+    Called as a plain schedule (``schedule(step)``: no measurements exist there) it gives the
+    prior; the alpha actually used is recorded by the optimizer (``AlphaSVRG.alpha_log``).
+
+    Args:
+        prior: alpha before any pair is measured, and the shrinkage target.
+        shrinkage: pseudo-count of the prior (pairs); 0 trusts α̂ from the first pair.
+        clamp: ``(low, high)`` bounds of α_L.
+        decay: weight of a pair per later step (1: the plain interval mean; 0.9: ~10 steps).
+        layers: ``"parameter"`` (one alpha per parameter tensor), ``"module"`` (per module
+            owning parameters: weight and bias share one) or ``"model"`` (one alpha).
+    """
+
+    kind: ClassVar[str] = "measured"
+    prior: Schedule = dataclasses.field(default_factory=lambda: Constant(0.75))
+    shrinkage: float = 8.0
+    clamp: tuple[float, float] = (0.0, 1.0)
+    decay: float = 1.0
+    layers: str = "parameter"
+
+    def __post_init__(self) -> None:
+        shrinkage = _real("Measured", "shrinkage", self.shrinkage)
+        if shrinkage < 0:
+            raise InvalidArgumentError(
+                f"Measured requires non-negative shrinkage, got shrinkage={shrinkage!r}"
+            )
+        bounds = tuple(self.clamp) if isinstance(self.clamp, (list, tuple)) else ()
+        if len(bounds) != 2:
+            raise InvalidArgumentError(
+                f"Measured requires clamp=(low, high), got clamp={self.clamp!r}"
+            )
+        low, high = (_real("Measured", "clamp[i]", b) for b in bounds)
+        if low > high:
+            raise InvalidArgumentError(
+                f"Measured requires clamp low <= high, got clamp={self.clamp!r}"
+            )
+        decay = _real("Measured", "decay", self.decay, positive=True)
+        if decay > 1:
+            raise InvalidArgumentError(f"Measured requires 0 < decay <= 1, got decay={decay!r}")
+        if self.layers not in MEASURED_LAYERS:
+            raise InvalidArgumentError(
+                f"Measured requires layers in {list(MEASURED_LAYERS)}, got layers={self.layers!r}"
+            )
+        _set(
+            self,
+            prior=as_schedule(self.prior),
+            shrinkage=shrinkage,
+            clamp=(low, high),
+            decay=decay,
+        )
+
+    @property
+    def total_steps(self) -> int | None:
+        return getattr(self.prior, "total_steps", None)
+
+    def at(self, step: Any, position: Any) -> Any:
+        """The prior at ``step``, ``position`` steps after the last snapshot."""
+        at = getattr(self.prior, "at", None)
+        return at(step, position) if at is not None else self.prior(step)
+
+    def _value(self, step: Any) -> Any:
+        return self.prior._value(step)
+
+    @classmethod
+    def _from_fields(cls, values: dict[str, Any]) -> Schedule:
+        prior = values.get("prior")
+        if isinstance(prior, Mapping):
+            values = {**values, "prior": from_dict(prior)}
+        return cls(**values)
+
+
 # ---------------------------------------------------------------- conversion and files
 
 
@@ -542,16 +632,20 @@ def from_dict(d: Mapping[str, Any]) -> Schedule:
 
 
 def as_schedule(x: Any) -> Schedule:
-    """A number → :class:`Constant`; a :class:`Schedule` → itself; a dict → :func:`from_dict`."""
+    """A number → :class:`Constant`; a :class:`Schedule` → itself; a dict → :func:`from_dict`;
+    ``"measured"`` → :class:`Measured` with its defaults."""
     if isinstance(x, Schedule):
         return x
+    if x == "measured":
+        return Measured()
     if isinstance(x, numbers.Real) and not isinstance(x, bool):
         return Constant(float(x))
     if isinstance(x, Mapping):
         return from_dict(x)
     raise InvalidArgumentError(
         f"cannot use {type(x).__name__} {x!r} as an alpha schedule; pass a number (constant "
-        "alpha), a Schedule such as Linear(0.75, total_steps), or a dict from to_dict() "
+        'alpha), a Schedule such as Linear(0.75, total_steps), "measured" (AlphaSVRG '
+        "measures it), or a dict from to_dict() "
         "(for a JSON file use gradvar.schedules.load(path))"
     )
 

@@ -2,7 +2,8 @@
 
 A *bucket* is the set of parameters that share one schedule, so one foreach call per
 (bucket, device, dtype) applies the correction. :class:`~gradvar.schedules.PerLayer` groups are
-resolved per parameter name.
+resolved per parameter name; :class:`~gradvar.schedules.Measured` ones are split per measured
+layer (parameter, module or the whole model), each with its own alpha.
 """
 
 from __future__ import annotations
@@ -14,9 +15,17 @@ from typing import Any, Union
 from torch import Tensor
 
 from gradvar.errors import InvalidArgumentError
-from gradvar.schedules import PerLayer, Schedule, as_schedule
+from gradvar.schedules import Measured, PerLayer, Schedule, as_schedule
 
-__all__ = ["AlphaSpec", "AlphaArg", "AlphaBucket", "group_schedules", "param_names", "buckets"]
+__all__ = [
+    "AlphaSpec",
+    "AlphaArg",
+    "AlphaBucket",
+    "group_schedules",
+    "param_names",
+    "buckets",
+    "measured_layer",
+]
 
 AlphaSpec = Union[float, Schedule, Mapping[str, Any]]
 """One alpha: a number (constant), a Schedule, or a dict from ``Schedule.to_dict()``."""
@@ -26,10 +35,18 @@ AlphaArg = Union[AlphaSpec, Sequence[AlphaSpec]]
 
 @dataclass(frozen=True)
 class AlphaBucket:
-    """Parameters (flat indices over all param groups, in order) that share one schedule."""
+    """Parameters (flat indices over all param groups, in order) that share one schedule.
+
+    A :class:`~gradvar.schedules.Measured` schedule gets one bucket per measured ``layer``.
+    """
 
     schedule: Schedule
     indices: tuple[int, ...]
+    layer: str | None = None
+
+    @property
+    def measured(self) -> bool:
+        return isinstance(self.schedule, Measured)
 
     def alpha(self, step: int, steps_since_snapshot: int | None) -> float:
         """The bucket's alpha at optimizer step ``step``.
@@ -81,7 +98,7 @@ def buckets(
     names: Mapping[int, str],
 ) -> list[AlphaBucket]:
     """Resolve each parameter's schedule and bucket parameters whose schedules are equal."""
-    resolved: list[tuple[Schedule, list[int]]] = []
+    resolved: list[tuple[Schedule, str | None, list[int]]] = []
     index = 0
     for group_index, (group, schedule) in enumerate(zip(param_groups, schedules)):
         for p in group["params"]:
@@ -95,11 +112,23 @@ def buckets(
                         "base optimizer from named parameters"
                     )
                 own = schedule.for_layer(names[id(p)])
-            for known, indices in resolved:
-                if known == own:
+            layer = measured_layer(own, names.get(id(p), f"param{index}"))
+            for known, known_layer, indices in resolved:
+                if known == own and known_layer == layer:
                     indices.append(index)
                     break
             else:
-                resolved.append((own, [index]))
+                resolved.append((own, layer, [index]))
             index += 1
-    return [AlphaBucket(schedule, tuple(indices)) for schedule, indices in resolved]
+    return [AlphaBucket(schedule, tuple(indices), layer) for schedule, layer, indices in resolved]
+
+
+def measured_layer(schedule: Schedule, name: str) -> str | None:
+    """The layer a parameter called ``name`` is measured in (None unless ``Measured``)."""
+    if not isinstance(schedule, Measured):
+        return None
+    if schedule.layers == "model":
+        return "__all__"
+    if schedule.layers == "module":
+        return name.rpartition(".")[0] or name
+    return name

@@ -19,6 +19,7 @@ from gradvar.errors import InvalidArgumentError, OptimizerStateError
 from gradvar.optim import _alpha
 from gradvar.optim._alpha import AlphaArg, AlphaBucket
 from gradvar.optim._correction import add_mean_grads_, fold_snapshot_grads_
+from gradvar.optim._measured import MeasuredAlpha
 from gradvar.optim._snapshot import (
     LossFn,
     grads_alias_buckets,
@@ -90,6 +91,10 @@ class AlphaSVRG(torch.optim.Optimizer):
         alpha: ``α_t``: a number, a :class:`~gradvar.schedules.Schedule` (evaluated at the
             optimizer's step count), a dict from ``Schedule.to_dict()``, or a list with one of
             these per param group. ``PerLayer`` schedules are keyed by parameter name.
+            ``"measured"`` (or a :class:`~gradvar.schedules.Measured`): the optimizer
+            measures a per-layer α*_L from the (g, h) pairs of the current snapshot interval
+            and uses it (see :attr:`alpha_log`); one ``at_snapshot`` per step (with gradient
+            accumulation, or under a GradScaler, use cache mode).
         snapshot_interval: steps between snapshots. When given, :attr:`snapshot_due` says when
             to call :meth:`refresh_snapshot` and a step with a snapshot this old is an error.
         named_parameters: ``model.named_parameters()`` (or a dict), naming parameters for
@@ -132,6 +137,7 @@ class AlphaSVRG(torch.optim.Optimizer):
         self._cache: list[list[Tensor | None]] | None = None
         self._batch_rng: RngState | None = None
         self._coordinate_alpha: list[Tensor | None] | None = None
+        self._measured = self._new_measured()
         self._reset_step()
 
     # ------------------------------------------------------------------ read-only state
@@ -173,6 +179,18 @@ class AlphaSVRG(torch.optim.Optimizer):
     def num_cached(self) -> int:
         """Number of batch gradients held by cache mode (0 in recompute mode)."""
         return 0 if self._cache is None else len(self._cache)
+
+    @property
+    def measured_layers(self) -> tuple[str, ...]:
+        """The layers whose alpha is measured (empty unless an alpha is ``Measured``)."""
+        return () if self._measured is None else self._measured.layers
+
+    def alpha_log(self, *, clear: bool = False) -> list[dict[str, Any]]:
+        """The measured alphas used so far: one row per (step, measured layer) with ``step``
+        (the step count the update was taken at, as a schedule is evaluated), ``snapshot_step``,
+        ``layer``, ``alpha`` and ``pairs`` (the number of pairs behind it). ``clear`` empties
+        the log (e.g. after writing it to records); it is not part of :meth:`state_dict`."""
+        return [] if self._measured is None else self._measured.log(clear=clear)
 
     def current_alpha(self) -> list[float]:
         """``α_t`` of every parameter (param-group order) at the current step."""
@@ -247,6 +265,8 @@ class AlphaSVRG(torch.optim.Optimizer):
         self._mean_grad = mean
         self._cache = batch_grads
         self._snapshot_step = self._step_count
+        if self._measured is not None:
+            self._measured.reset()
 
     def mark_batch(self) -> None:
         """Record the global RNG state that the current batch's forward starts from.
@@ -272,6 +292,12 @@ class AlphaSVRG(torch.optim.Optimizer):
             raise OptimizerStateError(
                 "at_snapshot after apply_correction() or use_cached() in the same step: call "
                 "opt.zero_grad() to start the next step"
+            )
+        if self._folded and self._measured is not None:
+            raise OptimizerStateError(
+                "measured alpha takes one (g, h) pair per step, and at_snapshot was already "
+                "called in this step: with gradient accumulation use cache mode "
+                "(refresh_snapshot(..., cache=True) and opt.use_cached(i) per micro-batch)"
             )
         if self._batch_rng is None:
             raise OptimizerStateError(
@@ -347,6 +373,8 @@ class AlphaSVRG(torch.optim.Optimizer):
                 "apply_correction was already called for this step; call it once, between the "
                 "backward passes and step()"
             )
+        if self._cached_indices and self._measured is not None:
+            self._observe_cached()
         alphas = [(a, b) for a, b in self._alphas() if a != 0.0]
         if alphas:  # alpha = 0 everywhere leaves .grad untouched: the base optimizer exactly
             self._correct(alphas)
@@ -366,6 +394,8 @@ class AlphaSVRG(torch.optim.Optimizer):
         if not self._applied:
             self.apply_correction()
         self.base.step()
+        if self._measured is not None:
+            self._measured.commit(self._step_count, self._snapshot_step)
         self._step_count += 1
         self._reset_step()
         return loss
@@ -384,6 +414,7 @@ class AlphaSVRG(torch.optim.Optimizer):
         for key, name in _alpha.param_names(None, self.param_groups[-1:]).items():
             self._names.setdefault(key, name)
         self._buckets = _alpha.buckets(self.param_groups, self._schedules, self._names)
+        self._measured = self._new_measured()
 
     # ------------------------------------------------------------------ state dict
 
@@ -400,6 +431,7 @@ class AlphaSVRG(torch.optim.Optimizer):
             "mean_grad": self._mean_grad,
             "cache": self._cache,
             "coordinate_alpha": self._coordinate_alpha,
+            "measured": None if self._measured is None else self._measured.state_dict(),
         }
         return out
 
@@ -420,6 +452,9 @@ class AlphaSVRG(torch.optim.Optimizer):
         saved = [from_dict(d) for d in ours["alpha"]]
         self._schedules = _alpha.group_schedules(saved, len(self.param_groups))
         self._buckets = _alpha.buckets(self.param_groups, self._schedules, self._names)
+        self._measured = self._new_measured()
+        if self._measured is not None and ours.get("measured") is not None:
+            self._measured.load_state_dict(ours["measured"])
         self._snapshot = _like(ours["snapshot"], params)
         self._mean_grad = _like(ours["mean_grad"], params)
         self._coordinate_alpha = _like(ours.get("coordinate_alpha"), params)
@@ -432,14 +467,44 @@ class AlphaSVRG(torch.optim.Optimizer):
     def _params(self) -> list[Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
 
+    def _new_measured(self) -> MeasuredAlpha | None:
+        params = self._params()
+        device = params[0].device if params else torch.device("cpu")
+        return MeasuredAlpha.from_buckets(self._buckets, device)
+
     def _reset_step(self) -> None:
+        if getattr(self, "_measured", None) is not None:
+            self._measured.discard()  # a step that was not taken adds no pair
         self._folded = False  # at_snapshot folded this step's h into .grad
         self._cached_indices: list[int] = []  # use_cached named these batches
         self._applied = False  # the correction is complete for this step
 
     def _alphas(self) -> list[tuple[float, AlphaBucket]]:
         since = None if self._snapshot_step is None else self._step_count - self._snapshot_step
-        return [(b.alpha(self._step_count, since), b) for b in self._buckets]
+        measured = iter(
+            () if self._measured is None else self._measured.alphas(self._step_count, since)
+        )
+        return [
+            (next(measured) if b.measured else b.alpha(self._step_count, since), b)
+            for b in self._buckets
+        ]
+
+    def _observe_cached(self) -> None:
+        """Cache mode: h = the mean of the cached batch gradients named this step."""
+        assert self._cache is not None and self._measured is not None
+        assert self._mean_grad is not None
+        rows = [self._cache[index] for index in self._cached_indices]
+        hs: list[Tensor | None] = []
+        for i in range(len(self._mean_grad)):
+            cached = [row[i] for row in rows if row[i] is not None]
+            hs.append(
+                None
+                if not cached
+                else cached[0]
+                if len(cached) == 1
+                else torch.stack(cached).mean(0)
+            )
+        self._measured.observe([p.grad for p in self._params()], hs, self._mean_grad)
 
     def _check_snapshot(self, params: list[Tensor], caller: str) -> None:
         if self._snapshot is None:
@@ -490,6 +555,9 @@ class AlphaSVRG(torch.optim.Optimizer):
 
     def _fold(self, params: list[Tensor], grads: list[Tensor | None]) -> None:
         """``.grad ← g − α h`` with ``g = grads`` (stashed) and ``h`` = what the block left."""
+        if self._measured is not None:  # before anything below changes g or h in place
+            assert self._mean_grad is not None
+            self._measured.observe(grads, [p.grad for p in params], self._mean_grad)
         for alpha, bucket in self._alphas():
             gs: list[Tensor] = []
             hs: list[Tensor] = []
