@@ -29,7 +29,7 @@ from gradvar.grads._loss import LossFn
 from gradvar.metrics import all_metrics
 from gradvar.records import WHOLE_MODEL
 from gradvar.result import ProbeResult
-from gradvar.spectrum import GramStore, Lanczos
+from gradvar.spectrum import GramStore, Lanczos, top_eigenvalues_from_grams
 from gradvar.stats import GradientSums
 
 __all__ = ["Probe", "ProbeResult"]
@@ -43,6 +43,7 @@ def _split_rng(seed: int, index: int, path: tuple[int, ...]) -> Any:
     for bit in path:
         code = code * 2 + 1 + bit
     return chunk_rng(seed * 7_919 + code, index)
+
 
 _TOP_EIGEN_MODES = ("auto", "gram", "lanczos", "none")
 
@@ -200,16 +201,25 @@ class Probe:
             )
             self._oom_splits = 0
             budget = self._materialise_bytes()
+            # one chunk: every Gram matrix comes from the moments' own slabs, no second pass
+            fused: dict[str, Tensor] | None = {} if use_gram and self._one_chunk(batches) else None
+            updates, fused_n = 0, 0
             for index, x, y in self._chunks(batches, rank, world, "probe"):
                 for g, h, dropped in self._split_on_oom(index, x, y, current, snap):
                     sums.add_nonfinite(dropped)
                     if next(iter(g.values())).n == 0:
                         continue  # every sample of the chunk was dropped as non-finite
                     check = not self.skip_nonfinite  # skipping checked (and dropped) already
-                    if not sums.update(g, h, materialise_bytes=budget, check_finite=check):
+                    grams = fused if (fused is not None and updates == 0) else None
+                    if not sums.update(
+                        g, h, materialise_bytes=budget, check_finite=check, grams=grams
+                    ):
                         self._raise_nonfinite(g, h, index)
-                    if use_gram:
+                    updates += 1
+                    if use_gram and fused is None:
                         store.add(g)
+                    elif grams is not None:
+                        fused_n = next(iter(g.values())).n
                     del g, h
             if world > 1:
                 sums.all_reduce()
@@ -219,7 +229,11 @@ class Probe:
                     f"(unit={self.unit!r}); pass more data"
                     + ("" if self.unit_size is None else " or a smaller unit")
                 )
-            top, method = self._top_eigenvalues(sums, store, batches, current, rank, world)
+            if fused and (updates == 1 or self.top_eigenvalue == "auto"):
+                top = top_eigenvalues_from_grams(fused, self.groups)
+                method = "gram" if fused_n == sums.n else "gram-subsample"  # subsample: split
+            else:
+                top, method = self._top_eigenvalues(sums, store, batches, current, rank, world)
         values = all_metrics(
             sums,
             alphas=self.alphas if alphas is None else alphas,
@@ -229,7 +243,7 @@ class Probe:
         )
         if self.skip_nonfinite:
             values[(WHOLE_MODEL, "nonfinite_skipped", None)] = float(sums.tensors["nonfinite"])
-        m3_samples = store.n if method.startswith("gram") else sums.n
+        m3_samples = (fused_n or store.n) if method.startswith("gram") else sums.n
         if top is not None:
             values[(WHOLE_MODEL, "m3_samples", None)] = float(m3_samples)
         config = {
@@ -249,12 +263,21 @@ class Probe:
         return ProbeResult(values, sums, self.unit, config, meta)
 
     # ------------------------------------------------------------------ internals
+    def _one_chunk(self, batches: Any) -> bool:
+        """Whether the data is one (inputs, targets) pair that fits one chunk and the Gram
+        budget, so that metric 3 can be taken from the moments' own slabs."""
+        if not (isinstance(batches, list) and len(batches) == 1):
+            return False
+        n = batches[0][0].shape[0] // (self.unit_size or 1)
+        return 2 <= batches[0][0].shape[0] <= self.chunk and n <= self.gram_max_samples
+
     def _default_chunk(self, model: nn.Module) -> int:
         if not next(model.parameters()).is_cuda:
             return 256
         outer_only = all(
-            isinstance(m, nn.Linear) for m in model.modules() if next(m.parameters(False), None)
-            is not None
+            isinstance(m, nn.Linear)
+            for m in model.modules()
+            if next(m.parameters(False), None) is not None
         )
         return 4096 if (outer_only and self.unit_size is None) else 1024
 
@@ -348,7 +371,12 @@ class Probe:
             yield index, x.to(device), y.to(device)
 
     def _split_on_oom(
-        self, index: int, x: Tensor, y: Tensor, current: tuple, snap: tuple | None,
+        self,
+        index: int,
+        x: Tensor,
+        y: Tensor,
+        current: tuple,
+        snap: tuple | None,
         path: tuple[int, ...] = (),
     ) -> Iterator[tuple[dict[str, GradBlock], dict[str, GradBlock] | None, int]]:
         """The chunk's blocks; a chunk that runs out of memory is split in two and retried.
@@ -374,7 +402,12 @@ class Probe:
         yield g, h, dropped
 
     def _blocks(
-        self, index: int, x: Tensor, y: Tensor, current: tuple, snap: tuple | None,
+        self,
+        index: int,
+        x: Tensor,
+        y: Tensor,
+        current: tuple,
+        snap: tuple | None,
         rng: Any = None,
     ) -> tuple[dict[str, GradBlock], dict[str, GradBlock] | None, int]:
         rng = chunk_rng(self.seed, index) if rng is None else rng

@@ -20,7 +20,13 @@ from torch import Tensor
 
 from gradvar.blocks import GradBlock, cat_blocks
 
-__all__ = ["centred_top_eigenvalue", "centred_top_eigenvalues", "GramStore", "Lanczos"]
+__all__ = [
+    "centred_top_eigenvalue",
+    "centred_top_eigenvalues",
+    "top_eigenvalues_from_grams",
+    "GramStore",
+    "Lanczos",
+]
 
 _F64 = torch.float64
 _DENSE_EIG_MAX = 1024
@@ -104,11 +110,19 @@ class GramStore:
     def top_eigenvalues(self, groups: Mapping[str, Sequence[str]]) -> dict[str, float]:
         """λ_max per layer (``groups``) and for the whole model (key ``None``)."""
         grams = {name: cat_blocks(parts).gram() for name, parts in self.blocks.items()}
-        keys: list[str | None] = [*groups, None]
-        matrices = [sum(grams[p] for p in names) for names in groups.values()]
-        matrices.append(sum(grams.values()))
-        values = centred_top_eigenvalues(torch.stack(matrices))  # type: ignore[arg-type]
-        return dict(zip(keys, values))  # type: ignore[arg-type]
+        return top_eigenvalues_from_grams(grams, groups)
+
+
+def top_eigenvalues_from_grams(
+    grams: Mapping[str, Tensor], groups: Mapping[str, Sequence[str]]
+) -> dict[str | None, float]:
+    """λ_max per layer (``groups``: sums of its parameters' Gram matrices) and for the whole
+    model (key ``None``), by one batched eigendecomposition."""
+    keys: list[str | None] = [*groups, None]
+    matrices = [sum(grams[p] for p in names) for names in groups.values()]
+    matrices.append(sum(grams.values()))
+    values = centred_top_eigenvalues(torch.stack(matrices))  # type: ignore[arg-type]
+    return dict(zip(keys, values))
 
 
 class Lanczos:

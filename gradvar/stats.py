@@ -83,6 +83,7 @@ class GradientSums:
         *,
         materialise_bytes: int = 0,
         check_finite: bool = False,
+        grams: dict[str, Tensor] | None = None,
     ) -> bool:
         """Add the samples of one chunk: blocks of g (and of h on the same samples).
 
@@ -94,6 +95,8 @@ class GradientSums:
         that recomputes its gradients on every read (a convolution's) would be formed twice;
         up to ``materialise_bytes`` of such blocks are formed once and kept for the chunk.
         Memory then peaks at that budget plus one layer's slab, never all layers' rows.
+        With ``grams`` (a dict to fill), each parameter's n×n Gram matrix of g is formed from
+        the same slabs as its moments (metric 3 of a one-chunk probe at no second pass).
         """
         if self.paired and snapshot is None:
             raise InvalidArgumentError("these sums are paired; update() needs snapshot blocks")
@@ -126,13 +129,17 @@ class GradientSums:
         ones = torch.ones_like(model_w)
         if pack is not None:
             adds += pack.moments(self, ones, model_w, [layer_ws[p][0] for p in small])
+            if grams is not None:
+                grams.update(pack.grams())
         for p, g in current.items():
             if pack is not None and p in pack.names:
                 continue
             # rows: Σ g, Σ g/‖g‖_model, Σ g/‖g‖_layer for each layer holding p — one read of g
             weights = torch.stack([ones, model_w, *(w for _, w in layer_ws[p])])
             h = snapshot[p] if (snapshot is not None and self.paired) else None
-            m = paired_moments(g, h, weights)
+            m = paired_moments(g, h, weights, gram=grams is not None)
+            if grams is not None and m.gram is not None:
+                grams[p] = m.gram
             adds += [(t[f"g/{p}"], m.weighted[0]), (t[f"g2/{p}"], m.g2),
                      (t[f"dir_model/{p}"], m.weighted[1])]  # fmt: skip
             for row, (layer, _) in enumerate(layer_ws[p], start=2):
@@ -250,6 +257,11 @@ class _Pack:
         self.h = None
         if snapshot is not None:
             self.h = torch.cat([snapshot[p].rows().reshape(n, -1) for p in names], 1).to(_F64)
+
+    def grams(self) -> dict[str, Tensor]:
+        """Each packed parameter's n×n Gram matrix of g."""
+        pieces = self.g.split(self.sizes, dim=1)
+        return {p: piece @ piece.T for p, piece in zip(self.names, pieces)}
 
     def moments(
         self, sums: GradientSums, ones: Tensor, model_w: Tensor, layers: list[tuple[str, Tensor]]

@@ -34,6 +34,7 @@ class Moments:
     h: Tensor | None = None
     h2: Tensor | None = None
     gh: Tensor | None = None
+    gram: Tensor | None = None  # [n, n] of g, when asked for
 
 
 def recomputes(block: GradBlock) -> bool:
@@ -59,31 +60,40 @@ def sum_sq_columns(rows: Tensor) -> Tensor:
     return (rows * rows).sum(0)
 
 
-def paired_moments(g: GradBlock, h: GradBlock | None, weights: Tensor) -> Moments:
-    """The moments of ``g`` (weighted by each row of ``weights`` [k, n]) and, if given, ``h``."""
-    if h is None:
+def paired_moments(
+    g: GradBlock, h: GradBlock | None, weights: Tensor, *, gram: bool = False
+) -> Moments:
+    """The moments of ``g`` (weighted by each row of ``weights`` [k, n]) and, if given, ``h``;
+    with ``gram`` also the n×n Gram matrix of g, from the same slabs (no second pass)."""
+    closed = isinstance(g, FactoredBlock) and g.positions == 1
+    if (h is None and (closed or not recomputes(g))) or (h is not None and _closed_forms(g, h)):
         weighted, g2 = g.moments(weights)
-        return Moments(weighted, g2)
-    if _closed_forms(g, h):
-        weighted, g2 = g.moments(weights)
-        h_sum, h2 = h.moments(torch.ones(1, h.n, dtype=F64, device=h.device))
-        return Moments(weighted, g2, h_sum[0], h2, g.sum_cross(h))
+        out = Moments(weighted, g2)
+        if h is not None:
+            h_sum, h2 = h.moments(torch.ones(1, h.n, dtype=F64, device=h.device))
+            out.h, out.h2, out.gh = h_sum[0], h2, g.sum_cross(h)
+        out.gram = g.gram() if gram else None
+        return out
     w = weights.to(device=g.device, dtype=F64)
     k = w.shape[0]
-    weighted, g2, h_sum, h2, gh = g._empty(k), g._empty(), g._empty(), g._empty(), g._empty()
-    for lo, hi in g.slab_ranges(tensors=2):
+    weighted, g2 = g._empty(k), g._empty()
+    if h is not None:
+        h_sum, h2, gh = g._empty(), g._empty(), g._empty()
+    gram_acc = torch.zeros(g.n, g.n, dtype=F64, device=g.device) if gram else None
+    for lo, hi in g.slab_ranges(tensors=2 if h is not None else 1):
         cols = g._columns(lo, hi)
-        gs, hs = g.flat_slab(lo, hi), h.flat_slab(lo, hi)
+        gs = g.flat_slab(lo, hi)
         weighted[:, cols] = w @ gs
         g2[cols] = sum_sq_columns(gs)
-        h_sum[cols] = hs.sum(0)
-        h2[cols] = sum_sq_columns(hs)
-        gh[cols] = torch.linalg.vecdot(gs, hs, dim=0)
+        if gram_acc is not None:
+            gram_acc += gs @ gs.T
+        if h is not None:
+            hs = h.flat_slab(lo, hi)
+            h_sum[cols] = hs.sum(0)
+            h2[cols] = sum_sq_columns(hs)
+            gh[cols] = torch.linalg.vecdot(gs, hs, dim=0)
     shape = g.shape
-    return Moments(
-        weighted.reshape(k, *shape),
-        g2.reshape(shape),
-        h_sum.reshape(shape),
-        h2.reshape(shape),
-        gh.reshape(shape),
-    )
+    out = Moments(weighted.reshape(k, *shape), g2.reshape(shape), gram=gram_acc)
+    if h is not None:
+        out.h, out.h2, out.gh = h_sum.reshape(shape), h2.reshape(shape), gh.reshape(shape)
+    return out
