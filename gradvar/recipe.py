@@ -124,9 +124,9 @@ def lr_at(
 ) -> Any:
     """The official per-iteration value at update ``step`` (0-based); a list for many steps.
 
-    Warmup ``lr_t = start + (base − start)·t/(W−1)`` for ``t < W`` (W = 1 gives ``start``, as ``np.linspace``),
-    then ``min + (base − min)·(1 + cos(π (t − W)/(T − W)))/2``; steps past ``T`` hold the last
-    value.
+    Warmup ``lr_t = start + (base − start)·t/(W−1)`` for ``t < W`` (W = 1 gives ``start``,
+    as ``np.linspace`` does), then ``min + (base − min)·(1 + cos(π (t − W)/(T − W)))/2``; steps
+    past ``T`` hold the last value.
     """
     if not isinstance(step, int):
         return [lr_at(s, base_lr, total_steps, warmup_steps, min_lr, start_lr) for s in step]
