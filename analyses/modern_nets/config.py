@@ -33,9 +33,9 @@ FULL: dict[str, Any] = {
     # (the cosine schedule needs the run length up front): the largest of `epoch_choices`
     # whose estimate fits. None of the runs sees the choice before it starts.
     "epoch_choices": (12, 10, 8, 6, 5, 4, 3),
-    "budget_s": 330,  # training time for all runs, concurrently on the one GPU
+    "budget_s": 300,  # training time for all runs, concurrently on the one GPU
     "deadline_s": 420,  # unfinished runs are stopped here (partial epochs are reported)
-    "concurrency_gain": 2.5,  # assumed throughput of many processes over one, for the estimate
+    "concurrency_gain": 1.5,  # assumed throughput of many processes over one, for the estimate
     "seeds": (0, 1, 2),
     "alpha0": 0.75,
     # alpha* on the baseline (seed 0), the paper's protocol (gradvar.paper_alpha) against the
