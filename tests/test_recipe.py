@@ -101,3 +101,18 @@ def test_train_with_the_official_recipe(tmp_path: Path) -> None:
         train(model, data, run_dir=tmp_path / "b", epochs=1, progress=False)
     assert math.isfinite(result.epoch_losses[-1]) and result.epoch_losses[1] < 2.3
     assert len([r for r in read_metrics(tmp_path) if r[2] == "train_loss"]) == total
+
+
+def test_cli_train_official_recipe_and_svrg_optimal(tmp_path: Path) -> None:
+    from gradvar.cli import main
+
+    args = ["train", "--model", "mlp1", "--data", "digits", "--epochs", "1", "--quiet"]
+    assert main([*args, "--recipe", "official", "--optimizer", "adamw", "--vr", "svrg-optimal",
+                 "--alpha-log-every", "5", "--alpha-log-batches", "3",
+                 "--out", str(tmp_path / "a")]) == 0  # fmt: skip
+    config = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert config["optimizer"]["lr"] == 4e-3 and config["vr"] == "svrg-optimal"
+    assert any(m == "alpha_star_mean_ref" for _, _, m, _ in read_metrics(tmp_path / "a"))
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0  # plain keeps its defaults
+    plain = json.loads((tmp_path / "b" / "run.json").read_text())["optimizer"]
+    assert plain == {"name": "sgd", "lr": 0.05, "weight_decay": 0.0, "momentum": 0.0}

@@ -46,3 +46,17 @@ QUICK: dict[str, Any] = {
     "out": "results-quick",
     "runs_dir": "results-quick/runs",
 }
+
+# A harder task, to look for the paper's regime of growing gradient variance (issue 11):
+# 20 % of the training labels replaced by random ones (fixed, seeded), batch 64, no weight
+# decay (so the network can fit the noise), a smaller set so 30 epochs fit the CPU budget.
+HARD: dict[str, Any] = {
+    **FULL,
+    "n_train": 6_400,  # 100 steps per epoch at batch 64
+    "batch_size": 64,
+    "label_noise": 0.2,
+    "weight_decay": 0.0,
+    "metric_batches": 32,
+    "out": "results-hard",
+    "runs_dir": "runs-hard",
+}
