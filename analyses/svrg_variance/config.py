@@ -57,7 +57,6 @@ HARD: dict[str, Any] = {
     "label_noise": 0.2,
     "weight_decay": 0.0,
     "metric_batches": 32,
-    "seeds": (0, 1),  # two: a third did not fit the shared CPU's budget
     "out": "results-hard",
     "runs_dir": "runs-hard",
 }
