@@ -27,6 +27,7 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # before torch is imported
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -264,6 +265,8 @@ def main() -> None:
             launch(net, "alpha-svrg-fitted", seed, alpha=str(path))
 
     runs.mkdir(parents=True, exist_ok=True)
+    for net, method, seed in jobs:  # every call is a fresh experiment (epochs may differ)
+        shutil.rmtree(runs / f"{net}-{method}-s{seed}", ignore_errors=True)
     first = [(n, m, s) for n, m, s in jobs if m != "alpha-svrg-fitted"]
     # the seed-0 baselines first, so that the fitted runs can start as early as possible
     first.sort(key=lambda j: j[1] != "baseline" or j[2] != cfg["seeds"][0])
