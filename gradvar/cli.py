@@ -57,14 +57,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         alpha = float(alpha)
     except ValueError:
         pass  # a schedule JSON path
+    plain = args.recipe == "plain"
     result = train(
         model,
         dataset,
         run_dir=args.out,
         optimizer=args.optimizer,
-        lr=args.lr,
+        lr=args.lr if args.lr is not None or not plain else 0.05,
         weight_decay=args.weight_decay,
         momentum=args.momentum,
+        recipe=args.recipe,
+        warmup_steps=args.warmup_steps,
+        alpha_log_every=args.alpha_log_every,
+        alpha_log_batches=args.alpha_log_batches,
         epochs=args.epochs,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -241,12 +246,26 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data", default="digits", help=_DATA_HELP)
     tr.add_argument("--n", type=int, help="use the first N training examples")
     tr.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
-    tr.add_argument("--lr", type=float, default=0.05)
-    tr.add_argument("--momentum", type=float, default=0.0)
-    tr.add_argument("--weight-decay", type=float, default=0.0)
+    tr.add_argument(
+        "--recipe",
+        choices=["plain", "official"],
+        default="plain",
+        help="official: the alpha-SVRG code's recipe (Nesterov SGD / AdamW, no decay on "
+        "biases and 1-D tensors, warmup + cosine per iteration; gradvar.recipe)",
+    )
+    tr.add_argument("--lr", type=float, help="default 0.05 (plain); official: SGD 0.05, AdamW 4e-3")
+    tr.add_argument("--momentum", type=float, help="SGD momentum (plain only; default 0)")
+    tr.add_argument("--weight-decay", type=float, help="default 0 (plain), 0.05 (official)")
+    tr.add_argument("--warmup-steps", type=int, help="official: default 1/6 of training")
     tr.add_argument("--epochs", type=int, default=5)
     tr.add_argument("--batch-size", type=int, default=128)
-    tr.add_argument("--vr", choices=["none", "svrg", "alpha-svrg"], default="none")
+    tr.add_argument("--vr", choices=["none", "svrg", "alpha-svrg", "svrg-optimal"], default="none")
+    tr.add_argument(
+        "--alpha-log-every",
+        type=int,
+        help="log the paper's alpha* every N steps of each interval (needed by svrg-optimal)",
+    )
+    tr.add_argument("--alpha-log-batches", type=int, default=16, help="mini-batches per alpha*")
     tr.add_argument("--alpha", default="0.75", help="alpha0 of the linear decay, or schedule.json")
     tr.add_argument("--snapshot-interval", type=int, help="steps (default: one epoch)")
     tr.add_argument("--checkpoint-every", type=int, help="steps between extra checkpoints")

@@ -32,6 +32,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset, TensorDataset
 from tqdm.auto import tqdm
 
+from gradvar import recipe as official
 from gradvar import schedules
 from gradvar._files import atomic_path
 from gradvar._utils import check_positive, seeded
@@ -44,13 +45,15 @@ from gradvar.checkpoints import (
     write_run_config,
 )
 from gradvar.errors import CheckpointError, InvalidArgumentError, NonFiniteGradientError
+from gradvar.paper_alpha import AlphaStarLog, interval_indices, snapshot_by_name
 
 __all__ = ["METRICS_FILE", "TrainResult", "train", "read_metrics"]
 
 METRICS_FILE = "metrics.csv"
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-_SHUFFLE, _AUGMENT, _STEP, _SNAPSHOT = range(4)  # stream tags for _derive_seed
-_VR_MODES = ("none", "svrg", "alpha-svrg")
+_SHUFFLE, _AUGMENT, _STEP, _SNAPSHOT, _ALPHA = range(5)  # stream tags for _derive_seed
+_VR_MODES = ("none", "svrg", "alpha-svrg", "svrg-optimal")
+_RECIPES = ("plain", "official")
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ def _alpha_schedule(vr: str, alpha: Any, total_steps: int, interval: int) -> Any
     """
     if vr == "none":
         return None
-    if vr == "svrg":
+    if vr in ("svrg", "svrg-optimal"):
         return schedules.Constant(1.0)
     if isinstance(alpha, (str, os.PathLike)):
         return schedules.load(alpha)
@@ -105,18 +108,6 @@ def _qualified_name(function: Callable[..., Any] | None) -> str | None:
     if function is None:
         return None
     return f"{function.__module__}:{getattr(function, '__qualname__', repr(function))}"
-
-
-def _base_optimizer(
-    name: str, params: Any, lr: float, weight_decay: float, momentum: float
-) -> torch.optim.Optimizer:
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if momentum:
-        raise InvalidArgumentError(
-            f"momentum applies to optimizer='sgd' only; AdamW has betas, got momentum={momentum}"
-        )
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -191,9 +182,12 @@ def train(
     *,
     run_dir: str | os.PathLike[str],
     optimizer: str = "sgd",
-    lr: float,
-    weight_decay: float = 0.0,
-    momentum: float = 0.0,
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    momentum: float | None = None,
+    recipe: str = "plain",
+    warmup_steps: int | None = None,
+    min_lr: float = official.MIN_LR,
     epochs: int,
     batch_size: int = 128,
     seed: int = 0,
@@ -207,12 +201,28 @@ def train(
     model_spec: Mapping[str, Any] | None = None,
     data_spec: str | Mapping[str, Any] | None = None,
     transform: Transform | None = None,
+    alpha_log_every: int | None = None,
+    alpha_log_batches: int = 16,
 ) -> TrainResult:
     """Train ``model`` on ``dataset`` with cross-entropy and write a checkpoint series.
 
     Args:
         optimizer: "sgd" (with ``momentum``) or "adamw"; ``weight_decay`` as in torch.optim.
-        vr: "none", "svrg" (alpha = 1) or "alpha-svrg" (``gradvar.optim.AlphaSVRG``).
+        recipe: "plain" (constant ``lr``, required; ``weight_decay`` and ``momentum`` default
+            to 0, on every parameter) or "official", the α-SVRG code's recipe
+            (:mod:`gradvar.recipe`): Nesterov SGD / AdamW, no decay on biases and 1-D
+            tensors, default lr (SGD 0.05, AdamW 4e-3) and weight decay 0.05, and a
+            per-iteration warmup + cosine schedule to ``min_lr`` (``warmup_steps`` default:
+            1/6 of training, the code's 50 of 300 epochs).
+        vr: "none", "svrg" (alpha = 1), "alpha-svrg" (``gradvar.optim.AlphaSVRG``) or
+            "svrg-optimal" (SVRG with the per-coordinate α* of :mod:`gradvar.paper_alpha`,
+            re-estimated every ``alpha_log_every`` steps; 1 at every snapshot).
+        alpha_log_every, alpha_log_batches: log the paper's α* (metrics ``alpha_star_mean_ref``
+            and ``alpha_star_mean``, see :mod:`gradvar.paper_alpha`) every ``alpha_log_every``
+            steps of each snapshot interval, from ``alpha_log_batches`` of the interval's
+            mini-batches (evenly spaced), against the interval's snapshot (for a plain run: its
+            weights at the interval's start). Rows are at step ``s`` = the weights after ``s``
+            updates; at a snapshot the value is 1.
         alpha: for "alpha-svrg": a number alpha0 (the paper's linear decay from alpha0 to 0
             across snapshot intervals), a Schedule, a ``to_dict()`` dict or a schedule JSON path.
         snapshot_interval: steps between snapshots (default: one epoch). Checkpoints are
@@ -228,7 +238,16 @@ def train(
         raise InvalidArgumentError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
     if vr not in _VR_MODES:
         raise InvalidArgumentError(f"vr must be one of {_VR_MODES}, got vr={vr!r}")
-    check_positive("lr", lr)
+    if recipe not in _RECIPES:
+        raise InvalidArgumentError(f"recipe must be one of {_RECIPES}, got recipe={recipe!r}")
+    if vr == "svrg-optimal" and alpha_log_every is None:
+        raise InvalidArgumentError(
+            "vr='svrg-optimal' re-estimates α* every alpha_log_every steps: pass it (e.g. 1/12 "
+            "of an epoch)"
+        )
+    if alpha_log_every is not None:
+        check_positive("alpha_log_every", alpha_log_every)
+        check_positive("alpha_log_batches", alpha_log_batches)
     check_positive("epochs", epochs)
     check_positive("batch_size", batch_size)
     if snapshot_interval is not None:
@@ -245,7 +264,11 @@ def train(
     total = epochs * steps_per_epoch
     interval = snapshot_interval or steps_per_epoch
     schedule = _alpha_schedule(vr, alpha, total, interval)
+    if recipe == "official":
+        warmup = official.default_warmup_steps(total) if warmup_steps is None else warmup_steps
     run_dir = Path(run_dir)
+    opt, opt_entry = official.base_optimizer(optimizer, model, recipe, lr, weight_decay, momentum)
+    lr = opt_entry["lr"]
     config = {
         "version": 1,
         "model": dict(model_spec) if model_spec is not None else None,
@@ -261,22 +284,21 @@ def train(
         "total_steps": total,
         "snapshot_interval": interval,
         "checkpoint_every": checkpoint_every,
-        "optimizer": {
-            "name": optimizer,
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "momentum": momentum,
-        },
+        "optimizer": opt_entry,
         "vr": vr,
         "alpha": schedule.to_dict() if schedule is not None else None,
         "transform": _qualified_name(transform),
     }
+    if recipe == "official":
+        config["recipe"] = "official"
+        config["lr_schedule"] = {"kind": "warmup-cosine", "warmup_steps": warmup, "min_lr": min_lr}
+    if alpha_log_every is not None:
+        config["alpha_log"] = {"every": alpha_log_every, "batches": alpha_log_batches}
 
     existing = _prepare_run_dir(run_dir, config, resume)
 
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
-    opt = _base_optimizer(optimizer, model.parameters(), lr, weight_decay, momentum)
     if schedule is not None:
         try:
             from gradvar.optim import AlphaSVRG
@@ -301,6 +323,12 @@ def train(
         opt.load_state_dict(state)
         start = last.step
         rows = [r for r in read_metrics(run_dir) if r[0] <= start]
+    scheduler = None
+    if recipe == "official":  # after the resume: the loaded param groups hold initial_lr
+        scheduler = official.WarmupCosine(opt, total, warmup, min_lr, last_epoch=start - 1)
+    logger = None
+    if alpha_log_every is not None:
+        logger = AlphaStarLog(model, F.cross_entropy, alpha_log_every, alpha_log_batches)
 
     def batch(epoch: int, order: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         take = order[index * batch_size : (index + 1) * batch_size]
@@ -347,6 +375,19 @@ def train(
         if at_snapshot and schedule is not None:
             with seeded(_derive_seed(seed, _SNAPSHOT, step)):
                 opt.refresh_snapshot(model, epoch_batches(epoch), F.cross_entropy)
+        first = (step // interval) * interval
+        if logger is not None and logger.due(step, first):
+            result = logger.measure(
+                step,
+                first,
+                [batch(epoch, order, i) for i in interval_indices(steps_per_epoch, logger.batches)],
+                snapshot=snapshot_by_name(opt, model) if schedule is not None else None,
+                seed=_derive_seed(seed, _ALPHA, step),
+            )
+            rows.append((step, step / steps_per_epoch, "alpha_star_mean_ref", result.mean_ref))
+            rows.append((step, step / steps_per_epoch, "alpha_star_mean", result.mean))
+            if vr == "svrg-optimal":
+                opt.set_coordinate_alpha(None if step == first else result.alpha)
         inputs, targets = batch(epoch, order, index)
         with seeded(_derive_seed(seed, _STEP, step)):
             opt.zero_grad()
@@ -356,6 +397,8 @@ def train(
                 with opt.at_snapshot(model):
                     F.cross_entropy(model(inputs), targets).backward()
             opt.step()
+            if scheduler is not None:
+                scheduler.step()
         value = loss.item()
         if not math.isfinite(value):
             raise NonFiniteGradientError(

@@ -259,3 +259,32 @@ def test_augment_shifts_by_at_most_max_shift() -> None:
     edge[:, 0, 0, 0] = 1.0
     mirrored = augment(edge, torch.Generator().manual_seed(0), max_shift=0, flip=True)
     assert set(mirrored[:, 0, 0].argmax(dim=1).tolist()) == {0, 2}
+
+
+def test_tiny_convnext_blocks_shapes_and_per_example_grads() -> None:
+    from gradvar.recipe import param_groups
+    from gradvar.zoo.convnext import ConvNeXtBlock
+
+    net = build_model("convnext", seed=0, dims=(8, 16), depths=(1, 1), layer_scale=0.5)
+    x, y = torch.rand(3, 1, 12, 12), torch.tensor([0, 3, 9])
+    assert net(x).shape == (3, 10)
+    assert "stages.1.blocks.0.dwconv.weight" in dict(net.named_parameters())
+    dw = net.stages[1].blocks[0].dwconv
+    assert dw.groups == 16 and dw.kernel_size == (7, 7)
+    # the block is x + γ·MLP(LN(dwconv(x))) on channels-last: rebuild it by hand
+    block = ConvNeXtBlock(4, layer_scale=0.3)
+    z = torch.randn(2, 4, 5, 5)
+    inner = torch.nn.functional.conv2d(z, block.dwconv.weight, block.dwconv.bias, padding=3,
+                                       groups=4).permute(0, 2, 3, 1)  # fmt: skip
+    mlp_out = block.fc2(torch.nn.functional.gelu(block.fc1(block.norm(inner))))
+    assert torch.allclose(block(z), z + (0.3 * mlp_out).permute(0, 3, 1, 2), atol=1e-6)
+    _per_example_grads_match_loop(net, x, y)
+    # the official recipe decays only conv/linear weights (γ and norms are 1-D)
+    decayed = param_groups(net, 0.05)[0]["param_names"]
+    assert all(n.endswith(("conv.weight", "fc1.weight", "fc2.weight", "head.weight")) or
+               n.endswith(".1.weight") for n in decayed)  # fmt: skip
+    assert build_model("vit", image_size=8, patch_size=4, dim=8, heads=2).no_weight_decay() == {
+        "pos"
+    }
+    with pytest.raises(InvalidArgumentError, match="too small"):
+        build_model("convnext", image_size=8, stem=4, dims=(4, 4, 4), depths=(1, 1, 1))

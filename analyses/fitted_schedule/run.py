@@ -1,11 +1,12 @@
-"""A schedule fitted to measured alpha* vs the linear default vs SGD: MLP-4, Fashion-MNIST.
+"""A schedule fitted to measured alpha* vs the linear default vs AdamW: MLP-4, Fashion-MNIST.
 
     THP_MEM_ALLOC_ENABLE=1 .venv/bin/python analyses/fitted_schedule/run.py [--quick]
 
-1. read analyses/alpha_vs_depth's records: alpha_star_mean (whole model, mini-batch unit 128)
-   of its mlp4-sgd run; fit a schedule with gradvar.fit_schedule(kind="auto"), and per layer
+1. read analyses/alpha_vs_depth's alpha* log: alpha_star_mean (whole model, the paper's
+   mini-batch protocol) along its plain mlp4-adamw run; fit with gradvar.fit_schedule("auto")
 2. map the fitted schedule onto this training run's step grid by fraction of training
-3. train SGD, alpha-SVRG linear 0.75 and alpha-SVRG fitted, seeds 0, 1, 2 (gradvar.train)
+3. train AdamW, alpha-SVRG linear 0.75 and alpha-SVRG fitted (+ two controls), seeds 0, 1, 2
+   (gradvar.train, official recipe)
 4. final train loss (full pass) mean ± std over seeds, paired differences
 5. figures: fitted schedule over the measured alpha*; train loss curves (mean ± std band)
 
@@ -36,7 +37,6 @@ from matplotlib.figure import Figure  # noqa: E402
 
 import gradvar  # noqa: E402
 from gradvar import schedules  # noqa: E402
-from gradvar.records import WHOLE_MODEL, read_records  # noqa: E402
 from gradvar.train import read_metrics, train  # noqa: E402
 from gradvar.zoo import build_model, load_dataset  # noqa: E402
 
@@ -57,17 +57,14 @@ t_start = time.perf_counter()
 
 # ----------------------------------------------------------------------------- 1. fit
 records_path = next((HERE / p).resolve() for p in cfg["records"] if (HERE / p).exists())
-records = read_records(records_path)
-rows = records[
-    (records["run"] == cfg["fit_run"]) & (records["unit"].astype(str) == cfg["fit_unit"])
-]
-rows = rows[rows["metric"] == "alpha_star_mean"]  # one row per (checkpoint, layer)
-# The source run's grid: its last checkpoint is the end of training (step = total steps) and
-# opens no interval of its own, so it is dropped and total_steps is passed explicitly.
-source_total = int(rows["step"].max())
-rows = rows[rows["step"] < source_total]
-measured = rows[rows["layer"] == WHOLE_MODEL].sort_values("step")  # [checkpoints] rows
-source_hold = int(np.diff(np.unique(measured["snapshot_step"])).min())  # 468 (full)
+records = pd.read_csv(records_path)
+measured = records[
+    (records["run"] == cfg["fit_run"])
+    & (records["trajectory"] == cfg["fit_trajectory"])
+    & (records["metric"] == cfg["fit_metric"])
+].sort_values("step")  # one row per logged step
+source_hold = int(np.diff(np.unique(measured["snapshot_step"])).min())  # 234 (full)
+source_total = (int(measured["step"].max()) // source_hold + 1) * source_hold  # the run's end
 digest = hashlib.sha256(records_path.read_bytes()).hexdigest()[:12]
 print(
     f"records {records_path} (sha256 {digest}): {len(measured)} alpha* points of "
@@ -76,11 +73,10 @@ print(
 )
 
 t0 = time.perf_counter()
-fit = gradvar.fit_schedule(measured, kind="auto", total_steps=source_total)
-per_layer = gradvar.fit_schedule(rows, kind="auto", per_layer=True, total_steps=source_total)
+arrays = tuple(measured[c].to_numpy() for c in ("step", "value", "snapshot_step"))
+fit = gradvar.fit_schedule(arrays, kind="auto", total_steps=source_total)
 timings["fit"] = round(time.perf_counter() - t0, 1)
 fit.table().to_csv(out_dir / "fit_candidates.csv", index=False)
-per_layer.table().to_csv(out_dir / "fit_per_layer.csv", index=False)
 schedules.save(fit.schedule, out_dir / "schedule_source_grid.json")
 print(fit.table().drop(columns="params").to_string(index=False), flush=True)
 print(f"chosen: {fit.schedule}", flush=True)
@@ -123,7 +119,7 @@ def alpha_curve(schedule: schedules.Schedule, steps: np.ndarray, hold: int) -> n
 # at the fitted schedule's mean alpha over training, and standard SVRG (alpha = 1).
 fitted_mean = round(float(alpha_curve(fitted, np.arange(total_steps), steps_per_epoch).mean()), 2)
 methods = {
-    "sgd": ("none", None),
+    "adamw": ("none", None),
     "alpha-svrg-linear": ("alpha-svrg", linear),
     "alpha-svrg-fitted": ("alpha-svrg", fitted),
     "alpha-svrg-constant": ("alpha-svrg", schedules.Constant(fitted_mean)),
@@ -188,8 +184,8 @@ summary = pd.DataFrame(
         "final_mean": [final[m].mean() for m in methods],
         "final_std": [final[m].std(ddof=1) for m in methods],  # sample std over seeds
         "per_seed": [" ".join(f"{v:.4f}" for v in final[m]) for m in methods],
-        "minus_sgd_mean": [(final[m] - final["sgd"]).mean() for m in methods],
-        "minus_sgd_std": [(final[m] - final["sgd"]).std(ddof=1) for m in methods],
+        "minus_adamw_mean": [(final[m] - final["adamw"]).mean() for m in methods],
+        "minus_adamw_std": [(final[m] - final["adamw"]).std(ddof=1) for m in methods],
         "minus_linear_mean": [(final[m] - final["alpha-svrg-linear"]).mean() for m in methods],
         "minus_linear_std": [(final[m] - final["alpha-svrg-linear"]).std(ddof=1) for m in methods],
         "wins_vs_linear": [int((final[m] < final["alpha-svrg-linear"]).sum()) for m in methods],
@@ -204,7 +200,7 @@ print(f"control constant alpha = {fitted_mean}", flush=True)
 
 # ----------------------------------------------------------------------------- 5. figures
 colors = {
-    "sgd": "#444444",
+    "adamw": "#444444",
     "alpha-svrg-linear": "#d62728",
     "alpha-svrg-fitted": "#1f77b4",
     "alpha-svrg-constant": "#9467bd",
@@ -219,7 +215,7 @@ ax.plot(
     "o",
     ms=3,
     color="0.35",
-    label=f"measured alpha* ({cfg['fit_run']}, unit {cfg['fit_unit']})",
+    label=f"measured alpha* ({cfg['fit_run']}, paper protocol, {cfg['fit_metric']})",
 )
 ax.plot(
     dense / source_hold,
@@ -246,7 +242,7 @@ ax.set(
     xlabel="epoch",
     ylabel="alpha",
     ylim=(-0.05, 1.1),
-    title="alpha* of MLP-4 + SGD on Fashion-MNIST and the schedules trained with",
+    title="alpha* of MLP-4 + AdamW on Fashion-MNIST and the schedules trained with",
 )
 ax.legend(frameon=False, fontsize=8, loc="lower left")
 fig.savefig(out_dir / "schedule_fit.png")
@@ -270,7 +266,7 @@ ax.set(
     xlabel="epoch",
     ylabel="train loss (full pass)",
     yscale="log",
-    title=f"MLP-4, Fashion-MNIST, SGD lr 0.1: mean ± std over {len(cfg['seeds'])} seeds",
+    title=f"MLP-4, Fashion-MNIST, AdamW recipe: mean ± std over {len(cfg['seeds'])} seeds",
 )
 ax.legend(frameon=False, fontsize=8)
 fig.savefig(out_dir / "train_loss.png")

@@ -41,19 +41,21 @@ import torch.nn.functional as F  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 import gradvar  # noqa: E402
-from gradvar import grads  # noqa: E402
+from gradvar import grads, recipe  # noqa: E402
 from gradvar.metrics import variance_metrics  # noqa: E402
+from gradvar.paper_alpha import interval_indices, minibatch_alpha_star  # noqa: E402
 from gradvar.schedules import Constant, Linear  # noqa: E402
 from gradvar.zoo import build_model, load_dataset  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from config import FULL, QUICK  # noqa: E402
+from config import FULL, HARD, QUICK  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--quick", action="store_true", help="CI settings, writes results-quick/")
+parser.add_argument("--hard", action="store_true", help="label noise, batch 64: results-hard/")
 args = parser.parse_args()
-cfg = QUICK if args.quick else FULL
+cfg = QUICK if args.quick else HARD if args.hard else FULL
 torch.set_num_threads(cfg["threads"])
 out_dir, runs_dir = HERE / cfg["out"], HERE / cfg["runs_dir"]
 out_dir.mkdir(parents=True, exist_ok=True)
@@ -73,19 +75,21 @@ PAPER_EPOCHS, PAPER_WINDOW = (10, 20, 30), (20, 25)
 
 # ----------------------------------------------------------------------------- 1. data
 x, y = load_dataset(cfg["data"], split="train", n=cfg["n_train"], seed=0).tensors
+if cfg.get("label_noise"):  # a fixed, seeded set of examples gets a uniformly random label
+    noise_gen = torch.Generator().manual_seed(7)
+    noisy = torch.rand(len(y), generator=noise_gen) < cfg["label_noise"]
+    y = torch.where(noisy, torch.randint(10, (len(y),), generator=noise_gen), y)
 # x [N, 1, 28, 28] float32 in [0, 1], y [N] int64
 in_features, num_classes = int(np.prod(x.shape[1:])), int(y.max()) + 1  # 784, 10
 steps_per_epoch = len(y) // batch_size  # 468 (full), 16 (quick); drop_last
 total_steps = epochs * steps_per_epoch
 print(f"data {cfg['data']}: x {tuple(x.shape)}, {steps_per_epoch} steps/epoch", flush=True)
 
-# Two disjoint fixed sets of mini-batches, from one seeded permutation (the same for every
-# training seed: they are the measuring instrument).
+# A fixed set of mini-batches from one seeded permutation (the same for every training seed:
+# it is the measuring instrument).
 perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(1))
 n_metric = cfg["metric_batches"] * batch_size
-n_alpha = cfg["alpha_star_batches"] * batch_size
 metric_x, metric_y = x[perm[:n_metric]], y[perm[:n_metric]]  # [M*128, 1, 28, 28], [M*128]
-alpha_set = (x[perm[n_metric : n_metric + n_alpha]], y[perm[n_metric : n_metric + n_alpha]])
 
 
 def epoch_batches(seed: int, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -131,7 +135,9 @@ def run_method(method: str, seed: int) -> dict[str, list[dict]]:
     measurements, losses, alpha_stars = [], [], []
     model = build_model("mlp4", seed=seed, **model_kwargs)  # 784-263-88-29-10, same per seed
     names = [n for n, _ in model.named_parameters()]
-    base = torch.optim.SGD(model.parameters(), lr=cfg["lr"])
+    base = recipe.official_optimizer(  # Nesterov; weight decay (0.05) on weights only
+        model, "sgd", lr=cfg["lr"], weight_decay=cfg.get("weight_decay")
+    )
     alpha = {
         "sgd": None,
         "svrg": Constant(1.0),
@@ -148,10 +154,14 @@ def run_method(method: str, seed: int) -> dict[str, list[dict]]:
             named_parameters=model.named_parameters(),
         )
     )
+    scheduler = recipe.WarmupCosine(opt, total_steps, recipe.default_warmup_steps(total_steps))
     engine = grads.GradientEngine(model, F.cross_entropy, names, unit_size=batch_size)
-    probe = gradvar.Probe(
-        model, F.cross_entropy, unit=batch_size, top_eigenvalue="none", seed=seed, progress=False
-    )
+    # the optimizer's parameter order (decay group, then no-decay group) → names
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    opt_names = [by_id[id(p)] for group in opt.param_groups for p in group["params"]]
+
+    def named(tensors: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        return dict(zip(opt_names, tensors))
     coordinate: dict[str, torch.Tensor] | None = None  # per-coordinate alpha* (SVRG-alpha*)
     tag = {"method": method, "seed": seed}
 
@@ -165,8 +175,8 @@ def run_method(method: str, seed: int) -> dict[str, list[dict]]:
             row.update({f"v_{k}": v for k, v in variance_metrics(g).items()})
             row["alpha"] = 0.0
         else:
-            h = minibatch_rows(engine, dict(zip(names, opt.snapshot)))  # [M, d] at θ̃
-            mean_grad = flat(opt.mean_grad)  # [d], μ̃ over the epoch's 468 batches
+            h = minibatch_rows(engine, named(opt.snapshot))  # [M, d] at θ̃
+            mean_grad = flat([named(opt.mean_grad)[n] for n in names])  # [d], μ̃ of the epoch
             alpha_t = float(alpha(opt.snapshot_step))  # constant inside the interval
             scale = alpha_t * (flat([coordinate[n] for n in names]) if coordinate else 1.0)
             v = g - scale * (h - mean_grad)  # [M, d]: the gradient the optimizer steps on
@@ -188,16 +198,19 @@ def run_method(method: str, seed: int) -> dict[str, list[dict]]:
             ):
                 if i == 0:
                     coordinate = None  # θ = θ̃ right after the snapshot: alpha* = 1 exactly
-                else:
-                    result = probe.run(alpha_set, snapshot=dict(zip(names, opt.snapshot)))
-                    coordinate = {n: a.float() for n, a in result.optimal_alpha().items()}
+                else:  # the paper's protocol from the epoch's own mini-batches
+                    chosen = interval_indices(steps_per_epoch, cfg["alpha_star_batches"])
+                    result = minibatch_alpha_star(model, F.cross_entropy,
+                                                  [batches[j] for j in chosen],
+                                                  named(opt.snapshot), seed=seed)  # fmt: skip
+                    coordinate = {n: a.float() for n, a in result.alpha.items()}
                     alpha_stars.append(
                         {
                             **tag,
                             "step": step,
                             "epoch": step / steps_per_epoch,
-                            "alpha_star_mean": result.value("alpha_star_mean"),
-                            "coordinate_mean": float(flat(list(coordinate.values())).mean()),
+                            "alpha_star_mean": result.mean,
+                            "alpha_star_mean_ref": result.mean_ref,
                         }
                     )
                 opt.set_coordinate_alpha(coordinate)
@@ -208,6 +221,7 @@ def run_method(method: str, seed: int) -> dict[str, list[dict]]:
                 with opt.at_snapshot(model):  # θ̃: h, folded into .grad as g − α h
                     F.cross_entropy(model(xb), yb).backward()
             opt.step()  # SGD on v = g − α (h − μ̃)
+            scheduler.step()  # per-iteration warmup + cosine
             batch_losses.append(loss.item())
             step += 1
             if i + 1 in measure_at:
@@ -326,7 +340,8 @@ diff_ax.axhline(0.0, color="0.6", lw=0.8)
 diff_ax.set(xlabel="epoch", ylabel="loss − SGD's loss (same seed)", title="gap to SGD (< 0: ahead)")
 ax.legend(frameon=False)
 fig.suptitle(
-    f"MLP-4, Fashion-MNIST, SGD lr {cfg['lr']}, batch {batch_size}: mean ± std over {n_seeds} seeds"
+    f"MLP-4, Fashion-MNIST, Nesterov SGD lr {cfg['lr']} (cosine), batch {batch_size}: "
+    f"mean ± std over {n_seeds} seeds"
 )
 fig.savefig(out_dir / "train_loss.png")
 

@@ -1,4 +1,4 @@
-"""Reference models: the paper's MLP-L, a small CNN, a tiny ViT and a tiny text transformer.
+"""Reference models: the paper's MLP-L, a small CNN, tiny ViT/ConvNeXt and a text transformer.
 
 Every model is small, built only from layers the per-example gradient engine handles
 (Linear, Conv2d, LayerNorm, Embedding, optional BatchNorm), and is deterministic given a seed
@@ -27,6 +27,7 @@ __all__ = [
     "mlp",
     "small_cnn",
     "tiny_vit",
+    "tiny_convnext",
     "tiny_transformer",
     "MODELS",
     "build_model",
@@ -183,6 +184,10 @@ class TinyViT(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters the official recipe keeps out of weight decay besides 1-D ones (timm's)."""
+        return {"pos"}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch(x).flatten(2).transpose(1, 2) + self.pos  # [B, T, D]
         for block in self.blocks:
@@ -246,12 +251,15 @@ def tiny_transformer(
     return TinyTransformer(vocab, seq_len, dim, classes, depth, heads, mlp_ratio)
 
 
+from gradvar.zoo.convnext import tiny_convnext  # noqa: E402  (a model file of its own)
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp1": partial(mlp, 1),
     "mlp2": partial(mlp, 2),
     "mlp4": partial(mlp, 4),
     "cnn": small_cnn,
     "vit": tiny_vit,
+    "convnext": tiny_convnext,
     "transformer": tiny_transformer,
 }
 
