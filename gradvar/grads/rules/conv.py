@@ -41,6 +41,24 @@ def _explicit_padding(module: nn.modules.conv._ConvNd, x: Tensor) -> tuple[Tenso
     return x, list(module.padding)
 
 
+def conv_weight_grad(
+    x: Tensor,
+    delta: Tensor,
+    weight_shape: torch.Size,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+) -> Tensor:
+    """The weight gradient Σ over the batch of a (padded-as-given) convolution."""
+    weight = x.new_empty(()).expand(weight_shape)  # only its shape is read
+    _, grad_weight, _ = torch.ops.aten.convolution_backward(
+        delta, x, weight, None, stride, padding, dilation, False, [0] * len(stride), groups,
+        [False, True, False],
+    )  # fmt: skip
+    return grad_weight
+
+
 def per_example_conv_weight_grad(
     x: Tensor,
     delta: Tensor,
@@ -50,24 +68,12 @@ def per_example_conv_weight_grad(
     dilation: list[int],
     groups: int,
 ) -> Tensor:
-    """``[n, O, C/g, *k]``: each example's weight gradient of a (padded-as-given) convolution."""
+    """``[n, O, C/g, *k]``: each example's weight gradient — the examples as extra groups."""
     n, o = delta.shape[0], delta.shape[1]
     xs = x.reshape(1, n * x.shape[1], *x.shape[2:])
     ds = delta.reshape(1, n * o, *delta.shape[2:])
-    weight = x.new_empty(()).expand(n * o, *weight_shape[1:])
-    _, grad_weight, _ = torch.ops.aten.convolution_backward(
-        ds,
-        xs,
-        weight,
-        None,
-        stride,
-        padding,
-        dilation,
-        False,
-        [0] * len(stride),
-        n * groups,
-        [False, True, False],
-    )
+    shape = torch.Size((n * o, *weight_shape[1:]))
+    grad_weight = conv_weight_grad(xs, ds, shape, stride, padding, dilation, n * groups)
     return grad_weight.reshape(n, o, *weight_shape[1:])
 
 
@@ -118,20 +124,7 @@ class ConvRule(Rule):
             return full[:, start : start + (hi - lo)]
 
         def total() -> Tensor:
-            _, grad_weight, _ = torch.ops.aten.convolution_backward(
-                delta,
-                x,
-                x.new_empty(()).expand(shape),
-                None,
-                stride,
-                padding,
-                dilation,
-                False,
-                [0] * len(stride),
-                groups,
-                [False, True, False],
-            )
-            return grad_weight
+            return conv_weight_grad(x, delta, shape, stride, padding, dilation, groups)
 
         def finite() -> Tensor:  # a float64 sum is finite iff every term is
             ok_x = torch.isfinite(x.reshape(x.shape[0], -1).sum(1, dtype=torch.float64))
