@@ -339,3 +339,49 @@ def test_packed_variable_length_sequences_go_through_the_loop_exactly() -> None:
     )
     for metric in ("m2_total_variance", "m1_cosine", "m3_top_eigenvalue"):
         assert math.isclose(result.value(metric), expected[metric], rel_tol=1e-9), metric
+
+
+def test_convnext_channels_first_norm_depthwise_conv_and_layer_scale_are_rules() -> None:
+    """gradvar.zoo's ConvNeXt (not written for the engine): depthwise 7×7 convolutions, a
+    channels-first LayerNorm subclass, layer-scale γ — every parameter by a rule, and every
+    statistic equal to the vmap-only route."""
+    from gradvar.zoo import build_model
+
+    model = build_model("convnext", seed=0).double().eval()
+    x = torch.randn(5, 1, 28, 28, dtype=torch.float64)
+    y = torch.randint(0, 10, (5,))
+    snapshot = perturbed(model, scale=0.01)
+    fast = Probe(model, F.cross_entropy).run((x, y), snapshot=snapshot)
+    assert "vmap" not in fast.config["routes"].values(), fast.config["route_reasons"]
+    slow = Probe(model, F.cross_entropy, closed_form=False).run((x, y), snapshot=snapshot)
+    for key, value in slow.values.items():
+        assert math.isclose(fast.values[key], value, rel_tol=1e-9, abs_tol=1e-13), key
+
+
+def test_modules_without_rules_fall_back_exactly_with_reasons() -> None:
+    """nn.TransformerEncoderLayer (MultiheadAttention), PReLU and Bilinear: vmap for those
+    parameters, rules for the rest, the same statistics as vmap everywhere."""
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(20, 8)
+            self.layer = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+            self.act = torch.nn.PReLU()
+            self.bil = torch.nn.Bilinear(8, 8, 3)
+
+        def forward(self, tokens):
+            h = self.act(self.layer(self.emb(tokens))).mean(1)
+            return self.bil(h, h)
+
+    torch.manual_seed(0)
+    model = Encoder().double().eval()
+    x, y = torch.randint(0, 20, (6, 5)), torch.randint(0, 3, (6,))
+    fast = Probe(model, F.cross_entropy).run((x, y))
+    routes, reasons = fast.config["routes"], fast.config["route_reasons"]
+    assert routes["layer.linear1.weight"] == "linear" and routes["emb.weight"] == "embedding"
+    for name in ("layer.self_attn.in_proj_weight", "act.weight", "bil.weight"):
+        assert routes[name] == "vmap" and reasons[name]
+    slow = Probe(model, F.cross_entropy, closed_form=False).run((x, y))
+    for key, value in slow.values.items():
+        assert math.isclose(fast.values[key], value, rel_tol=1e-9, abs_tol=1e-13), key

@@ -257,6 +257,11 @@ class GradientEngine:
                     parts.append(rule.blocks(module, call, n)[local])
                 except NotApplicable as err:
                     raise NotApplicable(f"{rule.name}: {err}") from None
+                except Exception as err:  # noqa: BLE001 - e.g. a subclass with its own forward
+                    raise NotApplicable(
+                        f"{rule.name} failed on {type(module).__name__} "
+                        f"({type(err).__name__}: {str(err).splitlines()[0][:120]})"
+                    ) from None
         return parts
 
     def _verify(
