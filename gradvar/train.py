@@ -85,12 +85,15 @@ def _alpha_schedule(vr: str, alpha: Any, total_steps: int, interval: int) -> Any
 
     For "alpha-svrg" a number is the paper's default: ``Linear(alpha, total_steps,
     hold=interval)``, falling from ``alpha`` to 0 across snapshot intervals. Pass a Schedule,
-    a ``to_dict()`` dict or a schedule JSON path for anything else (e.g. a constant).
+    a ``to_dict()`` dict or a schedule JSON path for anything else (e.g. a constant), or
+    ``"measured"`` for the alpha AlphaSVRG measures itself.
     """
     if vr == "none":
         return None
     if vr in ("svrg", "svrg-optimal"):
         return schedules.Constant(1.0)
+    if alpha == "measured":
+        return schedules.as_schedule(alpha)  # AlphaSVRG measures it from its own pairs
     if isinstance(alpha, (str, os.PathLike)):
         return schedules.load(alpha)
     if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool):
@@ -396,6 +399,8 @@ def train(
             if schedule is not None:
                 with opt.at_snapshot(model):
                     F.cross_entropy(model(inputs), targets).backward()
+            # a measured alpha is known only to the optimizer: log the one this step uses
+            used = opt.current_alpha() if isinstance(schedule, schedules.Measured) else None
             opt.step()
             if scheduler is not None:
                 scheduler.step()
@@ -407,9 +412,10 @@ def train(
         done = step + 1
         rows.append((done, done / steps_per_epoch, "train_loss", value))
         if schedule is not None:
-            rows.append(
-                (done, done / steps_per_epoch, "alpha", _alpha_at(schedule, step, interval))
-            )
+            alpha_now = (
+                sum(used) / len(used) if used else _alpha_at(schedule, step, interval)
+            )  # fmt: skip
+            rows.append((done, done / steps_per_epoch, "alpha", alpha_now))
         if done % steps_per_epoch == 0:
             full = _full_pass_loss(model, x, y, batch_size)
             rows.append((done, done / steps_per_epoch, "epoch_train_loss", full))

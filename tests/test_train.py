@@ -174,3 +174,13 @@ def test_alpha_svrg_resume_mid_interval_is_exact(tmp_path: Path) -> None:
     for key, value in full_model.state_dict().items():
         assert torch.equal(resumed_model.state_dict()[key], value), key
     assert resumed.step_losses == full.step_losses
+
+
+def test_measured_alpha_run_logs_the_alpha_the_optimizer_used(tmp_path: Path) -> None:
+    from gradvar.optim import AlphaSVRG  # noqa: F401  (the measured alpha lives in it)
+
+    _train(tmp_path, vr="alpha-svrg", alpha="measured", momentum=0.0, epochs=1)
+    alphas = [r[3] for r in read_metrics(tmp_path) if r[2] == "alpha"]
+    assert len(alphas) == STEPS_PER_EPOCH
+    assert len({round(a, 12) for a in alphas}) > 1  # measured per step, not the 0.75 prior
+    assert all(0.0 <= a <= 1.0 for a in alphas)
