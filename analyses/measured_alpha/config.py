@@ -3,7 +3,9 @@
 Training is analyses/fitted_schedule's setup: MLP-4 on all of Fashion-MNIST, SGD lr 0.1
 without momentum or weight decay, batch 128, 10 epochs, one snapshot per epoch, seeds 0-2
 (the seed sets the initialisation and the data order; the data set is fixed). The fitted
-schedule is the one analyses/fitted_schedule trained with (its results/schedule_used.json).
+schedule is the one analyses/fitted_schedule trained with at the time (SGD, before the official
+recipe), kept here as results/fitted_schedule_used.json: fitted_schedule itself now uses the
+official AdamW recipe, so its current schedule belongs to a different training set-up.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ FULL: dict[str, Any] = {
     "optimizer": {"optimizer": "sgd", "lr": 0.1, "weight_decay": 0.0},
     "seeds": (0, 1, 2),
     "alpha0": 0.75,  # the linear default
-    "fitted": "../fitted_schedule/results/schedule_used.json",
+    "fitted": "results/fitted_schedule_used.json",
     # Measured(): prior 0.75, shrinkage 8 pairs, clamp (0, 1), no decay, one alpha per tensor
     "measured": {"kind": "measured"},
     # the diagnostic run: seed 0, own loop with gradvar.Monitor, the measured alpha per layer
