@@ -12,7 +12,6 @@ checkpoint of a run, and every extra pass, sees the same draws (common random nu
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -22,6 +21,8 @@ from tqdm.auto import tqdm
 
 from gradvar._data import as_batches, chunk_rng, rechunk
 from gradvar._layers import LayerSpec, group_parameters
+from gradvar._nonfinite import finite_samples
+from gradvar._probe_m3 import TopEigenvalues
 from gradvar.blocks import GradBlock
 from gradvar.errors import InvalidArgumentError, NonFiniteGradientError
 from gradvar.grads import GradientEngine, check_policy, frozen_batchnorm, population_stats
@@ -29,7 +30,7 @@ from gradvar.grads._loss import LossFn
 from gradvar.metrics import all_metrics
 from gradvar.records import WHOLE_MODEL
 from gradvar.result import ProbeResult
-from gradvar.spectrum import GramStore, Lanczos, top_eigenvalues_from_grams
+from gradvar.spectrum import GramStore, top_eigenvalues_from_grams
 from gradvar.stats import GradientSums
 
 __all__ = ["Probe", "ProbeResult"]
@@ -60,7 +61,7 @@ def _unit_label(unit: str | int) -> tuple[str, int | None]:
     )
 
 
-class Probe:
+class Probe(TopEigenvalues):
     """Per-layer gradient variance, snapshot correlation and optimal alpha of a model.
 
     Args:
@@ -428,7 +429,7 @@ class Probe:
         snapshot: Mapping[str, GradBlock] | None,
         index: int,
     ) -> None:
-        self._finite(current, snapshot, index)  # raises, naming the layer and the sample
+        finite_samples(current, snapshot, self._where(index), skip=False)  # raises, by name
         raise NonFiniteGradientError(
             f"the moments of chunk {index} are not finite although every gradient is: a "
             "float64 overflow (gradients above ~1e150); rescale the loss"
@@ -440,95 +441,9 @@ class Probe:
         snapshot: Mapping[str, GradBlock] | None,
         index: int,
     ) -> Tensor:
-        """Samples whose gradients are finite under both weight sets: one host sync per chunk
-        (the all-finite flag); only a failing chunk is searched for the layer and sample."""
-        named = [("current", current)] + ([("snapshot", snapshot)] if snapshot else [])
-        flags = {(which, name): b.finite() for which, blocks in named for name, b in blocks.items()}
-        keep = torch.stack(list(flags.values())).all(0)
-        if self.skip_nonfinite:
-            return keep
-        for (which, name), ok in flags.items():
-            if not bool(ok.all()):
-                bad = int((~ok).nonzero()[0, 0]) + index * (self.chunk // (self.unit_size or 1))
-                what = "example" if self.unit_size is None else f"mini-batch of {self.unit}"
-                raise NonFiniteGradientError(
-                    f"non-finite gradient in layer {name!r} at {what} {bad} ({which} weights); "
-                    "check the data and loss, or pass skip_nonfinite=True to drop such samples "
-                    "(they are counted in the records as 'nonfinite_skipped')"
-                )
-        return keep
+        return finite_samples(current, snapshot, self._where(index), skip=self.skip_nonfinite)
 
-    def _top_eigenvalues(
-        self,
-        sums: GradientSums,
-        store: GramStore,
-        batches: Iterable[Any],
-        current: tuple,
-        rank: int,
-        world: int,
-    ) -> tuple[dict[str | None, float] | None, str]:
-        if self.top_eigenvalue == "none":
-            return None, "none"
-        if self.top_eigenvalue != "lanczos" and store.blocks and not store.overflowed:
-            return store.top_eigenvalues(self.groups), "gram"
-        if self.top_eigenvalue == "auto" and store.blocks:
-            exact = store.n == sums.n  # the subsample is every sample
-            return store.top_eigenvalues(self.groups), "gram" if exact else "gram-subsample"
-        if self.top_eigenvalue == "gram" and world == 1:
-            raise InvalidArgumentError(
-                f"top_eigenvalue='gram' needs the gradient blocks of all {sums.n} samples in "
-                f"memory, over gram_max_samples={self.gram_max_samples} or gram_max_bytes="
-                f"{self.gram_max_bytes}; raise those or use top_eigenvalue='lanczos'"
-            )
-        return self._lanczos(sums, batches, current, rank, world), "lanczos"
-
-    def _lanczos(
-        self, sums: GradientSums, batches: Iterable[Any], current: tuple, rank: int, world: int
-    ) -> dict[str | None, float]:
-        """Top eigenvalues by Lanczos; each iteration is one more pass over the data.
-
-        C v = (1/n) Σ_i g_i ⟨g_i, v⟩ − ḡ ⟨ḡ, v⟩, all problems (each layer and the whole model)
-        advanced together in the same pass.
-        """
-        problems: dict[str | None, list[str]] = {**self.groups, None: list(self.param_names)}
-        sizes = {p: math.prod(shape) for p, shape in sums.shapes.items()}
-        solvers = {
-            key: Lanczos(
-                sum(sizes[p] for p in names),
-                max_iter=self.lanczos_max_iter,
-                tol=self.lanczos_tol,
-                seed=self.seed,
-            )
-            for key, names in problems.items()
-        }
-        n = sums.tensors["n"]
-        mean = {p: sums.get("g", p) / n for p in self.param_names}
-        iteration = 0
-        while not all(s.done for s in solvers.values()):
-            iteration += 1
-            active = {k: s for k, s in solvers.items() if not s.done}
-            vecs = {k: self._split(s.vector, problems[k], sizes) for k, s in active.items()}
-            acc = {k: {p: torch.zeros_like(v) for p, v in vecs[k].items()} for k in active}
-            for index, x, y in self._chunks(batches, rank, world, f"lanczos {iteration}"):
-                g, _, _ = self._blocks(index, x, y, current, None)
-                for k in active:
-                    coef = sum(g[p].dots(vecs[k][p]) for p in problems[k])
-                    for p in problems[k]:
-                        acc[k][p] += g[p].weighted_sum(coef).reshape(-1)
-            for k, solver in active.items():
-                flat = torch.cat([acc[k][p] for p in problems[k]])
-                if world > 1:
-                    import torch.distributed as dist
-
-                    dist.all_reduce(flat)
-                gbar = torch.cat([mean[p] for p in problems[k]])
-                v = solver.vector.to(flat.device)
-                solver.feed((flat / n - gbar * (gbar @ v)).cpu())
-        return {k: s.value for k, s in solvers.items()}
-
-    def _split(self, flat: Tensor, names: list[str], sizes: dict[str, int]) -> dict[str, Tensor]:
-        out, offset = {}, 0
-        for p in names:
-            out[p] = flat[offset : offset + sizes[p]].to(self._device())
-            offset += sizes[p]
-        return out
+    def _where(self, index: int) -> tuple[int, str]:
+        """(index of the chunk's first sample, what a sample is) for error messages."""
+        what = "example" if self.unit_size is None else f"mini-batch of {self.unit}"
+        return index * (self.chunk // (self.unit_size or 1)), what
