@@ -73,7 +73,7 @@ def _param_dtype(model: nn.Module) -> torch.dtype | None:
 
 def _output_classes(model: nn.Module, x: Tensor) -> int | None:
     """The model's number of outputs on one example (eval mode, no grad, state restored)."""
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}  # each module's own, restored exactly
     device = next(model.parameters()).device
     try:
         model.eval()
@@ -82,7 +82,8 @@ def _output_classes(model: nn.Module, x: Tensor) -> int | None:
     except Exception:  # the probe itself reports a model that fails on its input
         return None
     finally:
-        model.train(was_training)
+        for module, training in modes.items():
+            module.training = training
     return int(out.shape[-1]) if isinstance(out, Tensor) and out.dim() >= 2 else None
 
 

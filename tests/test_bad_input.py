@@ -227,3 +227,19 @@ def test_cpu_threads_respect_flag_then_environment(monkeypatch) -> None:
     assert 1 <= count <= 4 and why.startswith("default")
     with pytest.raises(InvalidArgumentError, match="--threads 0"):
         cpu_threads(0)
+
+
+def test_label_check_restores_every_module_mode() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from gradvar import Probe
+
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 3)
+    )
+    model.train()
+    model[1].eval()  # a frozen BatchNorm inside a training model
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    Probe(model, F.cross_entropy).run((x, y))
+    assert model.training and model[0].training and not model[1].training
