@@ -88,14 +88,10 @@ def _segment_partials(sums: GradientSums, params: Sequence[str], eps: float) -> 
     def flat(kind: str) -> Tensor:
         return torch.cat([sums.get(kind, p) for p in params])
 
-    def per_param(values: Tensor, reduce: str) -> Tensor:
-        # one reduction per contiguous run: scatter/segment kernels serialise long segments
-        # on a GPU, and a sum over a slice is a single fast kernel
-        pieces = [
-            getattr(values[..., a:b], reduce)(-1) if b > a else values.new_zeros(values.shape[:-1])
-            for a, b in bounds
-        ]
-        return torch.stack(pieces, dim=-1)
+    def per_param_sums(values: Tensor) -> Tensor:
+        # one sum per contiguous run: scatter/segment kernels serialise long segments on a
+        # GPU, and a sum over a slice is a single fast kernel
+        return torch.stack([values[..., a:b].sum(-1) for a, b in bounds], dim=-1)
 
     def defined(var: Tensor, msq: Tensor) -> Tensor:
         peak = torch.stack([msq[a:b].amax() if b > a else msq.new_zeros(()) for a, b in bounds])
@@ -124,7 +120,7 @@ def _segment_partials(sums: GradientSums, params: Sequence[str], eps: float) -> 
         alpha = (cov / (var_h + 1e-24)).clamp(-2.0, 2.0)
         rows += [var_h, cov, rho, both.to(_F64), torch.where(ok_h, alpha, 0.0),
                  ok_h.to(_F64), alpha]  # fmt: skip
-    return per_param(torch.stack(rows), "sum")  # [keys, params]
+    return per_param_sums(torch.stack(rows))  # [keys, params]
 
 
 def parameter_partials(sums: GradientSums, param: str, eps: float) -> dict[str, Tensor]:

@@ -65,8 +65,7 @@ def paired_moments(
 ) -> Moments:
     """The moments of ``g`` (weighted by each row of ``weights`` [k, n]) and, if given, ``h``;
     with ``gram`` also the n×n Gram matrix of g, from the same slabs (no second pass)."""
-    closed = isinstance(g, FactoredBlock) and g.positions == 1
-    if (h is None and (closed or not recomputes(g))) or (h is not None and _closed_forms(g, h)):
+    if (h is None and not recomputes(g)) or (h is not None and _closed_forms(g, h)):
         weighted, g2 = g.moments(weights)
         out = Moments(weighted, g2)
         if h is not None:

@@ -240,10 +240,10 @@ class GradientEngine:
             assert uses_mode is not None
             if name in uses_mode.unsupported:
                 raise NotApplicable(f"used directly by {uses_mode.unsupported[name]!r}")
-            parts = [use.block(n) for use in uses_mode.uses[name] if use.grad is not None]
             if not uses_mode.uses[name]:
                 kind = self._owner_kind.get(name, "?")
                 raise NotApplicable(f"no rule for {kind} and no direct broadcasting use seen")
+            parts = [use.block(n) for use in uses_mode.uses[name] if use.grad is not None]
             if any(p is None for p in parts):
                 raise NotApplicable("used in an op whose output is not batched on its first axis")
             return parts  # type: ignore[return-value]
