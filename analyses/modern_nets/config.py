@@ -41,6 +41,9 @@ FULL: dict[str, Any] = {
     "deadline_s": 275,  # unfinished runs are stopped here (partial epochs are reported)
     "concurrency_gain": 3.7,  # throughput of many processes over one (pilot), for the estimate
     "seeds": (0, 1, 2),
+    # "cosine": the official warmup + cosine to 1e-6; "constant": the same warmup, then the
+    # base lr held (the control for the cosine decay; --lr picks per call)
+    "lr_schedules": ("cosine",),
     "alpha0": 0.75,
     # alpha* on the baseline (seed 0), the paper's protocol (gradvar.paper_alpha) against the
     # epoch-start weights: every steps_per_epoch // 4 steps from 8 of the epoch's batches (the
@@ -65,6 +68,7 @@ QUICK: dict[str, Any] = {
     "budget_s": 1e9,
     "deadline_s": 300,
     "seeds": (0, 1),
+    "lr_schedules": ("cosine", "constant"),
     "alpha_log_per_epoch": 2,
     "alpha_log_batches": 2,
     "out": "results-quick",

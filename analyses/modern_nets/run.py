@@ -1,18 +1,25 @@
 """The paper's headline on modern networks: AdamW baseline vs SVRG vs alpha-SVRG, on the GPU.
 
-    # GPU (results/, see README.md for the exact device command)
+    # GPU (results/, see results/command.txt for the exact device commands)
     PYTHONPATH=. python3 analyses/modern_nets/run.py --out DIR --runs-dir /tmp/mn_runs
-    # CPU, CI
+    # a follow-up call: only some methods / lr schedules, fitted runs from an earlier fit
+    ... run.py --methods alpha-svrg,alpha-svrg-fitted --schedules results/fitted_schedules.json
+    # tables over several calls' results folders (paired by seed across calls)
+    ... run.py --combine results results/followup --out results/combined
+    # CPU, CI (both lr schedules, then a follow-up from its own fitted schedules)
     THP_MEM_ALLOC_ENABLE=1 .venv/bin/python analyses/modern_nets/run.py --quick
 
 1. data: Fashion-MNIST (a fixed seeded training subset, the whole test set)
 2. calibrate: solo time of one training pass per network; choose the number of epochs so that
    all runs, concurrently on the one GPU, fit the budget (config.py)
 3. train, all at once as separate processes: {ConvNeXt, ViT} x {baseline, SVRG, alpha-SVRG
-   linear 0.75} x seeds, official AdamW recipe + augmentation (gradvar.train recipe="official");
-   the seed-0 baseline also logs alpha* with the paper's protocol (gradvar.paper_alpha)
+   linear 0.75} x {lr schedules} x seeds, official AdamW recipe + augmentation
+   (gradvar.train recipe="official"; lr "cosine" = warmup + cosine to 1e-6, "constant" = the
+   same warmup, then 4e-3 held); the seed-0 baseline also logs alpha* with the paper's protocol
+   (gradvar.paper_alpha)
 4. as soon as a network's seed-0 baseline is done: fit_schedule on its alpha*, and train
-   alpha-SVRG with the fitted schedule for every seed
+   alpha-SVRG with the fitted schedule for every seed (at once, with --schedules FILE: the
+   schedules an earlier call fitted, fitted_schedules.json)
 5. tables: final train loss (full pass, and the last epoch's mean mini-batch loss), test
    accuracy, mean ± std over seeds, paired differences, wall time per epoch
 
@@ -46,8 +53,16 @@ from gradvar.zoo import augment, build_model, load_dataset  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from config import FULL, QUICK  # noqa: E402
+from tables import (  # noqa: E402
+    LR_SCHEDULES,
+    METHODS,
+    collect,
+    markdown,
+    read_call,
+    run_label,
+    schedule_key,
+)
 
-METHODS = ("baseline", "svrg", "alpha-svrg", "alpha-svrg-fitted")
 VR = {
     "baseline": "none",
     "svrg": "svrg",
@@ -101,6 +116,8 @@ def worker(spec: dict) -> dict:
         seed=spec["seed"],
         vr=VR[spec["method"]],
         alpha=spec.get("alpha", cfg["alpha0"]),
+        # "constant": min_lr = the base lr, so after the warmup the cosine term is flat
+        min_lr=recipe.DEFAULT_LR["adamw"] if spec["lr"] == "constant" else recipe.MIN_LR,
         transform=augment_shift_flip,
         progress=False,
         model_spec={**cfg["nets"][spec["net"]], "seed": spec["seed"]},
@@ -113,7 +130,7 @@ def worker(spec: dict) -> dict:
     with torch.no_grad():
         logits = torch.cat([model(x[i : i + 1000]) for i in range(0, len(y), 1000)])
     result = {
-        **{k: spec[k] for k in ("net", "method", "seed", "epochs")},
+        **{k: spec[k] for k in ("net", "method", "lr", "seed", "epochs")},
         "wall_s": round(wall, 2),
         "test_loss": float(F.cross_entropy(logits, y)),
         "test_acc": float((logits.argmax(1) == y).double().mean()),
@@ -168,19 +185,81 @@ def fit_from_baseline(run_dir: Path, steps_per_epoch: int, epochs: int, metric: 
     )
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="CPU, tiny nets, in-process")
     parser.add_argument("--out", type=Path, help="results folder (default: config's out)")
     parser.add_argument("--runs-dir", type=Path, help="run directories (default: out/runs)")
     parser.add_argument("--parallel", action="store_true", help="processes even with --quick")
+    parser.add_argument(
+        "--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}"
+    )
+    parser.add_argument(
+        "--lr", help=f"comma list of lr schedules: {', '.join(LR_SCHEDULES)} (default: config's)"
+    )
+    parser.add_argument(
+        "--schedules",
+        type=Path,
+        help="fitted_schedules.json of an earlier call: its fitted runs start at once from these",
+    )
+    parser.add_argument("--deadline-s", type=float, help="stop unfinished runs after this")
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        type=Path,
+        metavar="FOLDER",
+        help="only write tables over these calls' results folders (later ones win) into --out",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def _choices(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
+    values = [v for v in text.split(",") if v]
+    bad = [v for v in values if v not in allowed]
+    if bad or not values:
+        raise SystemExit(f"{flag} {text!r}: {bad or 'empty'} not among {', '.join(allowed)}")
+    return values
+
+
+def combine(folders: list[Path], out: Path) -> None:
+    """summary.csv, epoch_losses.csv and summary.md over several calls' results folders."""
+    calls = [read_call(folder) for folder in folders]
+    key = ["net", "method", "lr", "seed"]
+    summary = pd.concat([c[0] for c in calls]).drop_duplicates(subset=key, keep="last")
+    epochs = pd.concat([c[1] for c in calls]).drop_duplicates(subset=[*key, "epoch"], keep="last")
+    out.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(out / "summary.csv", index=False)
+    epochs.to_csv(out / "epoch_losses.csv", index=False)
+    title = f"modern nets, combined: {', '.join(str(f) for f in folders)}"
+    (out / "summary.md").write_text(markdown(summary, title))
+    print((out / "summary.md").read_text(), flush=True)
+
+
+def main() -> None:
+    args = parse_args()
     if args.worker:
         worker(json.loads(args.worker))
         return
     cfg = QUICK if args.quick else FULL
     out = args.out or HERE / cfg["out"]
+    if args.combine:
+        combine(args.combine, out)
+        return
+    methods = _choices(args.methods, METHODS, "--methods")
+    lrs = _choices(args.lr or ",".join(cfg["lr_schedules"]), LR_SCHEDULES, "--lr")
+    preloaded = json.loads(args.schedules.read_text()) if args.schedules else {}
+    jobs = [(n, m, lr, s) for n in cfg["nets"] for lr in lrs for m in methods for s in cfg["seeds"]]
+    for net in cfg["nets"]:  # before any work: a follow-up without its schedules
+        for lr in lrs:
+            if "alpha-svrg-fitted" in methods and "baseline" not in methods:
+                if schedule_key(net, lr) not in preloaded:
+                    raise SystemExit(
+                        f"alpha-svrg-fitted for {net} with lr {lr} needs this call's seed-0 "
+                        f"baseline (add baseline to --methods) or --schedules FILE with key "
+                        f"{schedule_key(net, lr)!r}"
+                    )
+    seed0 = cfg["seeds"][0]
     runs = args.runs_dir or out / "runs"
     out.mkdir(parents=True, exist_ok=True)
     log_lines: list[str] = []
@@ -199,12 +278,10 @@ def main() -> None:
         say(f"device {torch.cuda.get_device_name()} torch {torch.__version__}")
     calibration = calibrate(cfg)
     say(f"solo seconds per pass: { {k: round(v, 5) for k, v in calibration.items()} }")
-    jobs = [(n, m, s) for n in cfg["nets"] for m in METHODS for s in cfg["seeds"]]
-
     def estimate(epochs: int) -> float:
         passes = {n: 0.0 for n in cfg["nets"]}
-        for net, method, seed in jobs:
-            log_alpha = method == "baseline" and seed == cfg["seeds"][0]
+        for net, method, _, seed in jobs:
+            log_alpha = method == "baseline" and seed == seed0
             passes[net] += epochs * passes_per_epoch(method, steps, cfg, log_alpha)
         return sum(p * calibration[n] for n, p in passes.items()) / cfg["concurrency_gain"]
 
@@ -212,7 +289,7 @@ def main() -> None:
     epochs = fits[0] if fits else cfg["epoch_choices"][-1]
     say(
         f"{steps} steps/epoch; epochs {epochs} (estimate {estimate(epochs):.0f} s for "
-        f"{len(jobs)} runs; budget {cfg['budget_s']} s)"
+        f"{len(jobs)} runs; budget {cfg['budget_s']} s); methods {methods}; lr {lrs}"
     )
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -221,16 +298,18 @@ def main() -> None:
     started: dict[tuple, float] = {}
     fitted: dict[str, dict] = {}
 
-    def launch(net: str, method: str, seed: int, **extra) -> None:
-        key = (net, method, seed)
+    def launch(net: str, method: str, lr: str, seed: int, **extra) -> None:
+        key = (net, method, lr, seed)
+        label = run_label(*key)
         spec = {
             "quick": args.quick,
             "net": net,
             "method": method,
+            "lr": lr,
             "seed": seed,
             "epochs": epochs,
-            "run_dir": str(runs / f"{net}-{method}-s{seed}"),
-            "log_alpha": method == "baseline" and seed == cfg["seeds"][0],
+            "run_dir": str(runs / label),
+            "log_alpha": method == "baseline" and seed == seed0,
             **extra,
         }
         started[key] = time.perf_counter()
@@ -238,7 +317,7 @@ def main() -> None:
             worker(spec)
             done[key] = time.perf_counter()
             return
-        logf = open(runs / f"{net}-{method}-s{seed}.log", "w")  # noqa: SIM115
+        logf = open(runs / f"{label}.log", "w")  # noqa: SIM115
         running[key] = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
             stdout=logf,
@@ -246,35 +325,50 @@ def main() -> None:
             env=env,
         )
 
-    def after_baseline(net: str) -> None:
-        """Fit the schedule on the seed-0 baseline, then start the fitted runs."""
-        run_dir = runs / f"{net}-baseline-s{cfg['seeds'][0]}"
-        try:
-            fit = fit_from_baseline(run_dir, steps, epochs, cfg["fit_metric"])
-        except Exception as exc:  # noqa: BLE001 (reported, the other runs go on)
-            say(f"{net}: fit failed: {exc!r}")
+    def launch_fitted(net: str, lr: str, schedule: dict) -> None:
+        total = schedule.get("total_steps")
+        if total is not None and total != epochs * steps:
+            say(f"{net} lr {lr}: schedule for {total} steps, this call trains {epochs * steps}")
             return
-        path = runs / f"{net}-fitted-schedule.json"
-        schedules.save(fit.schedule, path)
-        fitted[net] = {
+        path = runs / f"{schedule_key(net, lr)}-fitted-schedule.json"
+        schedules.save(schedules.from_dict(schedule), path)
+        for seed in cfg["seeds"]:
+            launch(net, "alpha-svrg-fitted", lr, seed, alpha=str(path))
+
+    def after_baseline(net: str, lr: str) -> None:
+        """Fit the schedule on the seed-0 baseline's alpha*; start the fitted runs if asked."""
+        try:
+            fit = fit_from_baseline(
+                runs / run_label(net, "baseline", lr, seed0), steps, epochs, cfg["fit_metric"]
+            )
+        except Exception as exc:  # noqa: BLE001 (reported, the other runs go on)
+            say(f"{net} lr {lr}: fit failed: {exc!r}")
+            return
+        fitted[schedule_key(net, lr)] = {
             "schedule": fit.schedule.to_dict(),
             "candidates": fit.table().drop(columns="params").to_dict(orient="records"),
         }
-        say(f"{net}: fitted {fit.schedule} (R² {fit.report.r2:.3f}); starting fitted runs")
-        for seed in cfg["seeds"]:
-            launch(net, "alpha-svrg-fitted", seed, alpha=str(path))
+        say(f"{net} lr {lr}: fitted {fit.schedule} (R² {fit.report.r2:.3f})")
+        if "alpha-svrg-fitted" in methods and schedule_key(net, lr) not in preloaded:
+            launch_fitted(net, lr, fit.schedule.to_dict())
 
     runs.mkdir(parents=True, exist_ok=True)
-    for net, method, seed in jobs:  # every call is a fresh experiment (epochs may differ)
-        shutil.rmtree(runs / f"{net}-{method}-s{seed}", ignore_errors=True)
-    first = [(n, m, s) for n, m, s in jobs if m != "alpha-svrg-fitted"]
+    for job in jobs:  # every call is a fresh experiment (epochs may differ)
+        shutil.rmtree(runs / run_label(*job), ignore_errors=True)
+    for net in cfg["nets"]:
+        for lr in lrs:
+            entry = preloaded.get(schedule_key(net, lr))
+            if "alpha-svrg-fitted" in methods and entry is not None:
+                say(f"{net} lr {lr}: fitted runs from {args.schedules}: {entry['schedule']}")
+                launch_fitted(net, lr, entry["schedule"])
+    first = [j for j in jobs if j[1] != "alpha-svrg-fitted"]
     # the seed-0 baselines first, so that the fitted runs can start as early as possible
-    first.sort(key=lambda j: j[1] != "baseline" or j[2] != cfg["seeds"][0])
+    first.sort(key=lambda j: j[1] != "baseline" or j[3] != seed0)
     for job in first:
         launch(*job)
-        if not parallel and job[1] == "baseline" and job[2] == cfg["seeds"][0]:
-            after_baseline(job[0])
-    deadline = t_start + cfg["deadline_s"]
+        if not parallel and job[1] == "baseline" and job[3] == seed0:
+            after_baseline(job[0], job[2])
+    deadline = t_start + (args.deadline_s or cfg["deadline_s"])
     while running:
         time.sleep(1.0)
         for key, proc in list(running.items()):
@@ -282,13 +376,13 @@ def main() -> None:
                 continue
             del running[key]
             done[key] = time.perf_counter()
-            tail = (runs / f"{key[0]}-{key[1]}-s{key[2]}.log").read_text()[-1500:]
+            tail = (runs / f"{run_label(*key)}.log").read_text()[-1500:]
             say(
                 f"finished {key} rc={proc.returncode} in {done[key] - started[key]:.0f} s"
                 + (f"\n{tail}" if proc.returncode else "")
             )
-            if key[1] == "baseline" and key[2] == cfg["seeds"][0] and proc.returncode == 0:
-                after_baseline(key[0])
+            if key[1] == "baseline" and key[3] == seed0 and proc.returncode == 0:
+                after_baseline(key[0], key[2])
         if time.perf_counter() > deadline and running:
             say(f"deadline: stopping {sorted(running)}")
             for proc in running.values():
@@ -297,59 +391,11 @@ def main() -> None:
                 proc.wait()
             running.clear()
 
-    # ------------------------------------------------------------------------- tables
-    summary, epochs_rows, alpha_rows = [], [], []
-    for net, method, seed in jobs:
-        run_dir = runs / f"{net}-{method}-s{seed}"
-        rows = read_metrics(run_dir) if run_dir.is_dir() else []
-        epoch_loss = [v for _, _, m, v in rows if m == "epoch_train_loss"]
-        mb = pd.DataFrame(
-            [(s, v) for s, _, m, v in rows if m == "train_loss"], columns=["step", "loss"]
-        )
-        mb_epoch = (
-            mb.assign(epoch=(mb["step"] - 1) // steps + 1).groupby("epoch")["loss"].mean()
-            if len(mb)
-            else pd.Series(dtype=float)
-        )
-        for e, v in enumerate(epoch_loss, start=1):
-            epochs_rows.append(
-                {
-                    "net": net,
-                    "method": method,
-                    "seed": seed,
-                    "epoch": e,
-                    "train_loss": v,
-                    "minibatch_loss": mb_epoch.get(e, np.nan),
-                }
-            )
-        alpha_rows += [
-            {"net": net, "step": s, "epoch": s / steps, "metric": m, "value": v}
-            for s, _, m, v in rows
-            if m.startswith("alpha_star")
-        ]
-        result_file = run_dir / "result.json"
-        result = json.loads(result_file.read_text()) if result_file.exists() else {}
-        summary.append(
-            {
-                "net": net,
-                "method": method,
-                "seed": seed,
-                "epochs": epochs,
-                "epochs_done": len(epoch_loss),
-                "finished": bool(result),
-                "final_train_loss": epoch_loss[-1] if len(epoch_loss) == epochs else np.nan,
-                "last_epoch_minibatch_loss": mb_epoch.get(epochs, np.nan),
-                "test_acc": result.get("test_acc", np.nan),
-                "test_loss": result.get("test_loss", np.nan),
-                "wall_s": result.get("wall_s", np.nan),
-                "s_per_epoch": result.get("wall_s", np.nan) / epochs,
-                "params": result.get("params", np.nan),
-            }
-        )
-    summary = pd.DataFrame(summary)
+    call = out.name
+    summary, epoch_rows, alpha_rows = collect(runs, jobs, epochs, steps, call)
     summary.to_csv(out / "summary.csv", index=False)
-    pd.DataFrame(epochs_rows).to_csv(out / "epoch_losses.csv", index=False)
-    pd.DataFrame(alpha_rows).to_csv(out / "alpha_star.csv", index=False)
+    epoch_rows.to_csv(out / "epoch_losses.csv", index=False)
+    alpha_rows.to_csv(out / "alpha_star.csv", index=False)
     (out / "fitted_schedules.json").write_text(json.dumps(fitted, indent=2, default=str))
     (out / "calibration.json").write_text(
         json.dumps(
@@ -362,46 +408,16 @@ def main() -> None:
                 "parallel": parallel,
                 "device": cfg["device"],
                 "torch": torch.__version__,
+                "methods": methods,
+                "lr_schedules": lrs,
+                "schedules_from": str(args.schedules) if args.schedules else None,
             },
             indent=2,
         )
     )
-
-    lines = [f"# modern nets: {epochs} epochs x {steps} steps, seeds {list(cfg['seeds'])}", ""]
-    for net in cfg["nets"]:
-        part = summary[summary["net"] == net]
-        base = part[part["method"] == "baseline"].set_index("seed")
-        params = int(part["params"].max()) if part["params"].notna().any() else "?"
-        lines += [
-            f"## {net} ({params} params)",
-            "",
-            "| method | final train loss (full pass) | last-epoch mini-batch loss | "
-            "minus baseline (paired) | test acc | s/epoch (shared GPU) | finished |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for method in METHODS:
-            rows = part[part["method"] == method].set_index("seed")
-            loss, mbl = rows["final_train_loss"], rows["last_epoch_minibatch_loss"]
-            diff = (loss - base["final_train_loss"]).dropna()
-            lines.append(
-                f"| {method} | {loss.mean():.4f} ± {loss.std(ddof=1):.4f} | "
-                f"{mbl.mean():.4f} ± {mbl.std(ddof=1):.4f} | "
-                f"{diff.mean():+.4f} ± {diff.std(ddof=1):.4f} "
-                f"({int((diff < 0).sum())}/{len(diff)} lower) | "
-                f"{rows['test_acc'].mean():.4f} ± {rows['test_acc'].std(ddof=1):.4f} | "
-                f"{rows['s_per_epoch'].mean():.1f} | {int(rows['finished'].sum())}/{len(rows)} |"
-            )
-        lin = part[part["method"] == "alpha-svrg"].set_index("seed")["final_train_loss"]
-        fit = part[part["method"] == "alpha-svrg-fitted"].set_index("seed")["final_train_loss"]
-        gap = (fit - lin).dropna()
-        lines += [
-            "",
-            f"fitted minus linear (paired): {gap.mean():+.4f} ± {gap.std(ddof=1):.4f}, "
-            f"fitted lower on {int((gap < 0).sum())}/{len(gap)} seeds",
-            "",
-        ]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines), flush=True)
+    title = f"modern nets: {epochs} epochs x {steps} steps, seeds {list(cfg['seeds'])}"
+    (out / "summary.md").write_text(markdown(summary, title))
+    print((out / "summary.md").read_text(), flush=True)
     say(f"done in {time.perf_counter() - t_start:.0f} s -> {out}")
     (out / "driver.log").write_text("\n".join(log_lines) + "\n")
 
