@@ -278,6 +278,7 @@ def main() -> None:
         say(f"device {torch.cuda.get_device_name()} torch {torch.__version__}")
     calibration = calibrate(cfg)
     say(f"solo seconds per pass: { {k: round(v, 5) for k, v in calibration.items()} }")
+
     def estimate(epochs: int) -> float:
         passes = {n: 0.0 for n in cfg["nets"]}
         for net, method, _, seed in jobs:
