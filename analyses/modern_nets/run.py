@@ -203,6 +203,7 @@ def parse_args() -> argparse.Namespace:
         help="fitted_schedules.json of an earlier call: its fitted runs start at once from these",
     )
     parser.add_argument("--deadline-s", type=float, help="stop unfinished runs after this")
+    parser.add_argument("--epochs", type=int, help="train this many epochs (default: config's)")
     parser.add_argument(
         "--combine",
         nargs="+",
@@ -286,8 +287,9 @@ def main() -> None:
             passes[net] += epochs * passes_per_epoch(method, steps, cfg, log_alpha)
         return sum(p * calibration[n] for n, p in passes.items()) / cfg["concurrency_gain"]
 
-    fits = [e for e in cfg["epoch_choices"] if estimate(e) <= cfg["budget_s"]]
-    epochs = fits[0] if fits else cfg["epoch_choices"][-1]
+    choices = (args.epochs,) if args.epochs else cfg["epoch_choices"]
+    fits = [e for e in choices if estimate(e) <= cfg["budget_s"]]
+    epochs = fits[0] if fits else choices[-1]
     say(
         f"{steps} steps/epoch; epochs {epochs} (estimate {estimate(epochs):.0f} s for "
         f"{len(jobs)} runs; budget {cfg['budget_s']} s); methods {methods}; lr {lrs}"
