@@ -53,7 +53,9 @@ from gradvar.zoo import augment, build_model, load_dataset  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from config import FULL, QUICK  # noqa: E402
+from figures import alpha_figure, loss_gap_figure  # noqa: E402
 from tables import (  # noqa: E402
+    KEY,
     LR_SCHEDULES,
     METHODS,
     collect,
@@ -226,14 +228,15 @@ def _choices(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
 def combine(folders: list[Path], out: Path) -> None:
     """summary.csv, epoch_losses.csv and summary.md over several calls' results folders."""
     calls = [read_call(folder) for folder in folders]
-    key = ["net", "method", "lr", "seed"]
-    summary = pd.concat([c[0] for c in calls]).drop_duplicates(subset=key, keep="last")
-    epochs = pd.concat([c[1] for c in calls]).drop_duplicates(subset=[*key, "epoch"], keep="last")
+    summary = pd.concat([c[0] for c in calls]).drop_duplicates(subset=KEY, keep="last")
+    epochs = pd.concat([c[1] for c in calls]).drop_duplicates(subset=[*KEY, "epoch"], keep="last")
     out.mkdir(parents=True, exist_ok=True)
     summary.to_csv(out / "summary.csv", index=False)
     epochs.to_csv(out / "epoch_losses.csv", index=False)
     title = f"modern nets, combined: {', '.join(str(f) for f in folders)}"
     (out / "summary.md").write_text(markdown(summary, title))
+    loss_gap_figure(epochs, out / "loss_gap.png")
+    alpha_figure(folders, out / "alpha_star.png")
     print((out / "summary.md").read_text(), flush=True)
 
 

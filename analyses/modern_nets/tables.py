@@ -19,7 +19,7 @@ from gradvar.train import read_metrics
 
 METHODS = ("baseline", "svrg", "alpha-svrg", "alpha-svrg-fitted")
 LR_SCHEDULES = ("cosine", "constant")
-KEY = ["net", "method", "lr", "seed"]
+KEY = ["net", "method", "lr", "epochs", "seed"]  # one run; epochs: the run length
 
 
 def run_label(net: str, method: str, lr: str, seed: int) -> str:
@@ -49,7 +49,7 @@ def collect(
             if len(mb)
             else pd.Series(dtype=float)
         )
-        key = {"net": net, "method": method, "lr": lr, "seed": seed}
+        key = {"net": net, "method": method, "lr": lr, "epochs": epochs, "seed": seed}
         epoch_rows += [
             {**key, "epoch": e, "train_loss": v, "minibatch_loss": mb_epoch.get(e, np.nan)}
             for e, v in enumerate(epoch_loss, start=1)
@@ -65,7 +65,6 @@ def collect(
             {
                 **key,
                 "call": call,
-                "epochs": epochs,
                 "epochs_done": len(epoch_loss),
                 "finished": bool(result),
                 "final_train_loss": epoch_loss[-1] if len(epoch_loss) == epochs else np.nan,
@@ -81,8 +80,9 @@ def collect(
 
 
 def read_call(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(summary, epoch losses) of one call's results folder; files older than the ``lr``
-    column are the cosine schedule, named by the folder."""
+    """(summary, epoch losses) of one call's results folder. Files from before the ``lr``,
+    ``call`` and per-epoch ``epochs`` columns: the cosine schedule, the folder's name, the
+    summary's run length."""
     summary = pd.read_csv(folder / "summary.csv")
     epochs = pd.read_csv(folder / "epoch_losses.csv")
     for frame in (summary, epochs):
@@ -90,6 +90,8 @@ def read_call(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             frame["lr"] = "cosine"
     if "call" not in summary:
         summary["call"] = folder.name
+    if "epochs" not in epochs:
+        epochs["epochs"] = int(summary["epochs"].max())
     return summary, epochs
 
 
@@ -112,14 +114,15 @@ def _paired(a: pd.Series, b: pd.Series) -> str:
 
 
 def markdown(summary: pd.DataFrame, title: str) -> str:
-    """summary.md: one table per (net, lr schedule) with paired differences to the baseline."""
+    """summary.md: one table per (net, lr schedule, run length) with paired differences to the
+    baseline of the same three."""
     summary = summary.drop_duplicates(subset=KEY, keep="last")
     lines = [f"# {title}", ""]
-    for (net, lr), part in summary.groupby(["net", "lr"], sort=False):
+    for (net, lr, epochs), part in summary.groupby(["net", "lr", "epochs"], sort=False):
         base = part[part["method"] == "baseline"].set_index("seed")["final_train_loss"]
         params = int(part["params"].max()) if part["params"].notna().any() else "?"
         lines += [
-            f"## {net}, lr {lr} ({params} params)",
+            f"## {net}, lr {lr}, {epochs} epochs ({params} params)",
             "",
             "| method | final train loss (full pass) | last-epoch mini-batch loss | "
             "minus baseline (paired) | test acc | s/epoch (shared GPU) | finished | call |",
