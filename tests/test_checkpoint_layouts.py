@@ -10,6 +10,8 @@ files), safetensors files, EMA weights and gradvar's own files.
 
 from __future__ import annotations
 
+import argparse
+import enum
 import json
 import pickle
 import shutil
@@ -26,6 +28,7 @@ from torch import nn
 
 import gradvar
 from gradvar.checkpoints import CheckpointSeries, save_checkpoint
+from gradvar.checkpoints._common import torch_load
 from gradvar.errors import CheckpointError, CheckpointWarning
 
 STEPS = (0, 8, 16)  # epochs 0, 1, 2 of 8 steps
@@ -92,6 +95,35 @@ def _lightning(state, step: int) -> dict:
         "callbacks": {"ModelCheckpoint{'monitor': 'val_loss'}": {"best_model_score": 0.4}},
         "hyper_parameters": {"lr": 0.1, "hidden": 6},
     }
+
+
+class _Mode(enum.Enum):
+    """A hyper-parameter type of the user's (pickled by reference, like a Namespace)."""
+
+    FAST = "fast"
+
+
+class _AttributeDict(dict):
+    """Like Lightning's AttributeDict: a dict subclass, pickled with its items."""
+
+
+class _Layers(list):
+    """A list subclass, pickled with its items."""
+
+
+def write_lightning_pickled_hparams(root: Path, states) -> None:
+    """Lightning checkpoints whose hyper_parameters hold objects (``save_hyperparameters(args)``
+    with an argparse Namespace, an Enum, dict and list subclasses): weights_only=True refuses
+    them; gradvar loads the weights and leaves the objects as inert stand-ins."""
+    for step, state in states.items():
+        payload = _lightning(state, step)
+        payload["hyper_parameters"] = {
+            "args": argparse.Namespace(lr=0.1, depth=2),
+            "mode": _Mode.FAST,
+            "config": _AttributeDict(hidden=6, act="tanh"),
+            "layers": _Layers([4, 6, 3]),
+        }
+        torch.save(payload, root / f"epoch={step // 8}-step={step}.ckpt")
 
 
 def write_lightning(root: Path, states) -> None:
@@ -169,6 +201,7 @@ LAYOUTS: dict[str, tuple[Callable, dict, str]] = {  # writer, series options, pr
     "ddp": (write_ddp, {}, "module."),
     "compiled": (write_compiled, {}, "_orig_mod."),
     "lightning": (write_lightning, {}, "model."),
+    "lightning-pickled-hparams": (write_lightning_pickled_hparams, {}, "model."),
     "hf-trainer": (write_hf, {}, ""),
     "hf-bin": (write_hf_bin, {}, ""),
     "safetensors": (write_safetensors, {}, ""),
@@ -212,6 +245,14 @@ def test_every_layout_reads_the_same_series(runs, layout: str) -> None:
         assert "alias" in reasons
     if layout == "plain":
         assert "optimizer" in reasons
+    if layout == "lightning-pickled-hparams":
+        # objects stay inert stand-ins; dict and list subclasses become plain dicts and lists
+        assert series[0].metadata["not_loaded"] == f"argparse.Namespace, {__name__}._Mode"
+        assert series[0].layout == "lightning"
+        hparams = torch_load(series[0].path, mmap=False)["hyper_parameters"]
+        assert type(hparams["config"]) is dict and hparams["config"] == {"hidden": 6, "act": "tanh"}
+        assert type(hparams["layers"]) is list and hparams["layers"] == [4, 6, 3]
+        assert repr(hparams["args"]) == "<not loaded: argparse.Namespace>"
 
 
 def test_every_layout_gives_the_same_records(runs, tmp_path: Path) -> None:

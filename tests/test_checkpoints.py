@@ -142,25 +142,36 @@ class _Payload:
         return (_write_marker, (self.marker,))
 
 
-@pytest.mark.parametrize("layout", ["inside-dict", "as-state-value"])
-def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path, layout: str) -> None:
+def test_pickled_payload_beside_the_weights_is_never_run(tmp_path: Path) -> None:
+    """An object pickled next to the weights (as Lightning's hyper_parameters are) becomes an
+    inert stand-in: the weights load, the payload's callable is neither imported nor called."""
     marker = tmp_path / "marker.txt"
     runs = tmp_path / "run"
     runs.mkdir()
     state = dict(_model().state_dict())
-    if layout == "inside-dict":
-        payload: object = {"model": state, "step": 3, "note": _Payload(marker)}
-    else:
-        payload = {**state, "evil": _Payload(marker)}
-    torch.save(payload, runs / "step-000003.pt")
-    with pytest.raises(CheckpointError, match=r"step-000003\.pt.*refused|refused.*step-000003\.pt"):
-        CheckpointSeries(runs)
-    with pytest.raises(CheckpointError, match="pickled"):
-        Checkpoint(3, None, None, runs / "step-000003.pt").load()
+    torch.save({"model": state, "step": 3, "note": _Payload(marker)}, runs / "step-000003.pt")
+    series = CheckpointSeries(runs)
+    assert series.steps == [3]
+    assert series[0].metadata["not_loaded"] == f"{__name__}._write_marker"
+    loaded = Checkpoint(3, None, None, runs / "step-000003.pt").load()
+    for key, value in state.items():
+        torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
     assert not marker.exists()
     # The payload is real: an unrestricted load would have run it.
     torch.load(runs / "step-000003.pt", weights_only=False)
     assert marker.exists()
+
+
+def test_pickled_payload_among_the_weights_is_refused_and_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "marker.txt"
+    runs = tmp_path / "run"
+    runs.mkdir()
+    torch.save({**_model().state_dict(), "evil": _Payload(marker)}, runs / "step-000003.pt")
+    with pytest.raises(CheckpointError, match=r"step-000003\.pt.*non-tensor entries \[evil\]"):
+        CheckpointSeries(runs)
+    with pytest.raises(CheckpointError, match="_write_marker.*never executes pickled code"):
+        Checkpoint(3, None, None, runs / "step-000003.pt").load()
+    assert not marker.exists()
 
 
 def test_whole_module_pickle_is_refused(tmp_path: Path) -> None:

@@ -8,7 +8,9 @@ metric values (:mod:`._names`); aliases and non-weight files skipped (:mod:`._se
 pairing with snapshots stated in words (:mod:`._pairing`); wrapper key prefixes matched
 against the model's keys (:mod:`._keys`).
 
-Loading never executes pickled code: ``torch.load(..., weights_only=True)`` and safetensors.
+Loading never executes pickled code: ``torch.load(..., weights_only=True)`` and safetensors;
+objects pickled beside the weights (Lightning's ``hyper_parameters``) become inert stand-ins
+(:mod:`._inert`) rather than a refusal of the file.
 gradvar's own runs are ``step-000123.pt`` files (a dict with ``model``, ``step``, ``epoch``
 and, for alpha-SVRG runs, ``snapshot_step``) or ``.safetensors`` with those fields in the
 header, plus ``run.json``.

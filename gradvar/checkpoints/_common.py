@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from gradvar.checkpoints._inert import Unloaded, load_with_stand_ins
 from gradvar.errors import CheckpointError
 
 __all__ = [
@@ -74,7 +75,13 @@ def _looks_like_text(path: Path) -> bool:
 
 
 def torch_load(path: Path, *, mmap: bool) -> Any:
-    """``torch.load`` restricted to weights; every failure becomes a CheckpointError."""
+    """``torch.load`` restricted to weights; every failure becomes a CheckpointError.
+
+    Objects pickled beside the weights (Lightning's ``hyper_parameters``, a script's ``args``)
+    are replaced by inert stand-ins (:mod:`._inert`) instead of refusing the file; a file that
+    *is* such an object (a whole pickled ``nn.Module``) is refused.
+    """
+    use_mmap = False
     try:
         use_mmap = mmap and zipfile.is_zipfile(path)
         return torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
@@ -82,9 +89,15 @@ def torch_load(path: Path, *, mmap: bool) -> Any:
         message = str(exc)
         if "Weights only load failed" not in message or _looks_like_text(path):
             raise CheckpointError(_not_torch_file(path, exc)) from exc
+        try:
+            obj, _ = load_with_stand_ins(path, mmap=use_mmap)
+        except Exception:  # noqa: BLE001 (the refusal below names the first cause)
+            obj = None
+        if obj is not None and not isinstance(obj, Unloaded):
+            return obj
         reason = next((ln.strip() for ln in message.splitlines() if "GLOBAL" in ln), "")
         raise CheckpointError(
-            f"refused to load {path}: it contains a pickled object that is not plain weights "
+            f"refused to load {path}: it is a pickled object, not weights "
             f"({reason or 'rejected by torch.load(weights_only=True)'}). gradvar never executes "
             "pickled code. If the file is yours and trusted, re-save only the weights, e.g. "
             "torch.save(model.state_dict(), path), or a dict of tensors and numbers."

@@ -3,7 +3,9 @@
 A Lightning checkpoint is a dict with ``state_dict`` (the LightningModule's weights, usually
 under a ``model.`` prefix that :func:`~gradvar.checkpoints.match_keys` strips), ``epoch``,
 ``global_step`` and ``pytorch-lightning_version``; gradvar's own files hold ``model``,
-``step``, ``epoch`` and ``snapshot_step``.
+``step``, ``epoch`` and ``snapshot_step``. Objects pickled beside the weights (Lightning's
+``hyper_parameters``) are not loaded (:mod:`._inert`); their globals are in the metadata as
+``not_loaded``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gradvar.checkpoints._common import StateDict, torch_load
+from gradvar.checkpoints._inert import unloaded_names
 from gradvar.checkpoints._reader import Reader
 from gradvar.checkpoints._weights import split_weights
 
@@ -34,6 +37,8 @@ class TorchFile(Reader):
         _, meta, key = split_weights(obj, self.path, self.weights)
         if isinstance(obj, Mapping) and "pytorch-lightning_version" in obj:
             meta["layout"] = "lightning"
+        if unloaded := unloaded_names(obj):  # e.g. Lightning's hyper_parameters' Namespace
+            meta["not_loaded"] = ", ".join(unloaded)
         meta.setdefault("layout", "torch" if not key else f"torch[{key}]")
         return meta
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from gradvar.checkpoints._common import StateDict, listing, scalar_fields
+from gradvar.checkpoints._inert import unloaded_names
 from gradvar.errors import CheckpointError
 
 __all__ = ["MODEL_KEYS", "EMA_KEYS", "split_weights", "is_optimizer_state"]
@@ -37,6 +38,16 @@ def _is_state_dict(obj: Any) -> bool:
     )
 
 
+def _unloaded_note(state: Mapping[str, Any]) -> str:
+    names = unloaded_names(dict(state), depth=1)
+    if not names:
+        return ""
+    return (
+        f" (pickled objects {listing(names)}, which gradvar does not load: it never executes "
+        "pickled code); re-save the tensors only, e.g. torch.save(model.state_dict(), path)"
+    )
+
+
 def split_weights(obj: Any, where: Any, weights: str = "model") -> tuple[StateDict, dict, str]:
     """``(state_dict, scalar metadata, key it was found under or "")`` of a loaded object."""
     if not isinstance(obj, Mapping):
@@ -53,6 +64,7 @@ def split_weights(obj: Any, where: Any, weights: str = "model") -> tuple[StateDi
             if odd:
                 raise CheckpointError(
                     f"state_dict under {key!r} in {where} has non-tensor entries {listing(odd)}"
+                    + _unloaded_note(value)
                 )
             return dict(value), scalar_fields(obj, skip=key), key
     if weights == "model" and _is_state_dict(obj):
@@ -66,7 +78,9 @@ def split_weights(obj: Any, where: Any, weights: str = "model") -> tuple[StateDi
         )
     odd = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if any(isinstance(v, torch.Tensor) for v in obj.values()) and odd:
-        raise CheckpointError(f"state_dict in {where} has non-tensor entries {listing(odd)}")
+        raise CheckpointError(
+            f"state_dict in {where} has non-tensor entries {listing(odd)}" + _unloaded_note(obj)
+        )
     raise CheckpointError(
         f"no weights found in {where}: expected a state_dict (name -> tensor) or a dict with a "
         f"{' / '.join(map(repr, MODEL_KEYS))} entry; found keys {found}. For EMA weights pass "
