@@ -30,7 +30,7 @@ from gradvar.grads._loss import LossFn
 from gradvar.metrics import all_metrics
 from gradvar.records import WHOLE_MODEL
 from gradvar.result import ProbeResult
-from gradvar.spectrum import GramStore, top_eigenvalues_from_grams
+from gradvar.spectrum import GramStore, blocks_nbytes, top_eigenvalues_from_grams
 from gradvar.stats import GradientSums
 
 __all__ = ["Probe", "ProbeResult"]
@@ -212,6 +212,8 @@ class Probe(TopEigenvalues):
                         continue  # every sample of the chunk was dropped as non-finite
                     check = not self.skip_nonfinite  # skipping checked (and dropped) already
                     grams = fused if (fused is not None and updates == 0) else None
+                    if grams is not None and blocks_nbytes(g) > self.gram_max_bytes:
+                        fused = grams = None  # over the Gram budget: the store subsamples
                     if not sums.update(
                         g, h, materialise_bytes=budget, check_finite=check, grams=grams
                     ):

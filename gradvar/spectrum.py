@@ -24,6 +24,7 @@ __all__ = [
     "centred_top_eigenvalue",
     "centred_top_eigenvalues",
     "top_eigenvalues_from_grams",
+    "blocks_nbytes",
     "GramStore",
     "Lanczos",
 ]
@@ -66,6 +67,11 @@ def centred_top_eigenvalues(grams: Tensor) -> list[float]:
     return top.tolist()
 
 
+def blocks_nbytes(blocks: Mapping[str, GradBlock]) -> int:
+    """What keeping ``blocks`` for metric 3 holds: the measure of the Gram byte budget."""
+    return sum(b.nbytes() for b in blocks.values())
+
+
 class GramStore:
     """Keeps gradient blocks until the end of a pass, within a byte and a sample budget.
 
@@ -88,7 +94,7 @@ class GramStore:
         """Keep ``blocks`` (one chunk) while within budget (see the class docstring)."""
         if self.overflowed:
             return
-        size = sum(b.nbytes() for b in blocks.values())
+        size = blocks_nbytes(blocks)
         chunk_n = next(iter(blocks.values())).n
         if self.nbytes + size > self.max_bytes or self.n + chunk_n > self.max_samples:
             self.overflowed = True

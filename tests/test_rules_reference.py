@@ -200,11 +200,15 @@ def test_empty_data_and_single_sample_are_named_errors() -> None:
         Probe(model, F.cross_entropy, skip_nonfinite=True).run((bad, y[:3]))
 
 
-def test_subsampled_top_eigenvalue_is_stated_and_exact_for_the_subsample() -> None:
+@pytest.mark.parametrize("chunk_size", [6, None])  # two chunks; one (Gram fused with moments)
+def test_subsampled_top_eigenvalue_is_stated_and_exact_for_the_subsample(
+    chunk_size: int | None,
+) -> None:
     model, x, y = make_modern("vit", n=12)
-    result = Probe(model, F.cross_entropy, chunk_size=6, gram_max_bytes=1, gram_subsample=5).run(
-        (x, y)
+    probe = Probe(
+        model, F.cross_entropy, chunk_size=chunk_size, gram_max_bytes=1, gram_subsample=5
     )
+    result = probe.run((x, y))
     assert result.config["top_eigenvalue"] == "gram-subsample"
     assert result.config["top_eigenvalue_samples"] == 5 and result.value("m3_samples") == 5
     rows = reference.loop_grads(model, F.cross_entropy, x[:5], y[:5])
