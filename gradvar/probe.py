@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from gradvar._chunking import default_chunk, free_bytes, materialise_bytes
 from gradvar._data import as_batches, chunk_rng, rechunk
 from gradvar._layers import LayerSpec, group_parameters
 from gradvar._nonfinite import finite_samples
@@ -74,8 +75,9 @@ class Probe(TopEigenvalues):
         batchnorm: ``"eval"`` | ``"replace"`` | ``"refuse"`` (see :mod:`gradvar.grads`).
         mode: ``"train"`` (dropout active; the paper's setting) or ``"eval"``.
         chunk_size: samples per chunk; bounds peak memory independently of n. Default
-            (None): 256 on CPU; on a GPU 1024, or 4096 when every parameter is an outer
-            product on 2-D input (nothing per-example is materialised). A chunk that runs out
+            (None): 256 on CPU; on a GPU 1024, or, when every parameter is an ``nn.Linear``'s
+            (per-example gradients stay factored), what a quarter of the free memory holds
+            (4096–65536, see :func:`gradvar._chunking.default_chunk`). A chunk that runs out
             of memory is split in two and retried (``config["oom_splits"]`` counts it).
         closed_form: use the per-layer rules (:mod:`gradvar.grads.rules`) where they apply;
             False sends every parameter through ``vmap``. The route each parameter took is
@@ -146,7 +148,8 @@ class Probe(TopEigenvalues):
             model, loss_fn, self.param_names, unit_size=self.unit_size, closed_form=closed_form
         )
         if chunk_size is None:
-            chunk_size = self._default_chunk(model)
+            device = next(model.parameters()).device
+            chunk_size = default_chunk(model, unit_size=self.unit_size, free=free_bytes(device))
         multiple = self.unit_size or 1
         self.chunk = max(multiple, chunk_size - chunk_size % multiple)
         self.top_eigenvalue = top_eigenvalue
@@ -274,23 +277,9 @@ class Probe(TopEigenvalues):
         n = batches[0][0].shape[0] // (self.unit_size or 1)
         return 2 <= batches[0][0].shape[0] <= self.chunk and n <= self.gram_max_samples
 
-    def _default_chunk(self, model: nn.Module) -> int:
-        if not next(model.parameters()).is_cuda:
-            return 256
-        outer_only = all(
-            isinstance(m, nn.Linear)
-            for m in model.modules()
-            if next(m.parameters(False), None) is not None
-        )
-        return 4096 if (outer_only and self.unit_size is None) else 1024
-
     def _materialise_bytes(self) -> int:
         """How much of a chunk's recomputed blocks to hold at once (see GradientSums.update)."""
-        device = self._device()
-        if device.type != "cuda":
-            return 64 << 20
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(min(free // 4, 16 << 30))
+        return materialise_bytes(free_bytes(self._device()))
 
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
