@@ -86,7 +86,7 @@ def _segment_partials(sums: GradientSums, params: Sequence[str], eps: float) -> 
         start += sums.shapes[p].numel()
 
     def flat(kind: str) -> Tensor:
-        return torch.cat([sums.get(kind, p) for p in params])
+        return sums.flat(kind, params)
 
     def per_param_sums(values: Tensor) -> Tensor:
         # one sum per contiguous run: scatter/segment kernels serialise long segments on a
@@ -100,27 +100,33 @@ def _segment_partials(sums: GradientSums, params: Sequence[str], eps: float) -> 
         )
         return (var > RELATIVE_VARIANCE_FLOOR * msq) & (msq > (64 * eps) ** 2 * floor)
 
-    mean_g, msq_g = flat("g") / n, flat("g2") / n
-    var_g = (msq_g - mean_g**2).clamp_min(0)
+    # the per-coordinate rows are written in place into one [keys - 1, coords] buffer (no
+    # stacking copy); the first key, the coordinate count, is each tensor's size
+    keys = len(_PAIRED_KEYS if sums.paired else _SINGLE_KEYS)
+    g = flat("g")
+    rows = torch.empty(keys - 1, g.numel(), dtype=_F64, device=g.device)
+    mean_g = g / n
+    msq_g = flat("g2") / n
+    var_g, mean_g_sq, gsnr, ok_g_row = rows[0], rows[1], rows[2], rows[3]
+    torch.mul(mean_g, mean_g, out=mean_g_sq)
+    torch.sub(msq_g, mean_g_sq, out=var_g).clamp_min_(0)
     ok_g = defined(var_g, msq_g)
-    rows = [
-        torch.ones_like(var_g),
-        var_g,
-        mean_g**2,
-        torch.where(ok_g, mean_g**2 / var_g, 0.0),
-        ok_g.to(_F64),
-    ]
+    torch.div(mean_g_sq, var_g, out=gsnr).masked_fill_(~ok_g, 0.0)
+    ok_g_row.copy_(ok_g)
     if sums.paired:
+        var_h, cov, rho, both_row, alpha_ok, ok_h_row, alpha = rows[4:11]
         mean_h, msq_h = flat("h") / n, flat("h2") / n
-        var_h = (msq_h - mean_h**2).clamp_min(0)
-        cov = flat("gh") / n - mean_g * mean_h
+        torch.sub(msq_h, mean_h * mean_h, out=var_h).clamp_min_(0)
+        torch.sub(flat("gh") / n, mean_g * mean_h, out=cov)
         ok_h = defined(var_h, msq_h)
         both = ok_g & ok_h
-        rho = torch.where(both, (cov / (var_g * var_h).sqrt()).clamp(-1.0, 1.0), 0.0)
-        alpha = (cov / (var_h + 1e-24)).clamp(-2.0, 2.0)
-        rows += [var_h, cov, rho, both.to(_F64), torch.where(ok_h, alpha, 0.0),
-                 ok_h.to(_F64), alpha]  # fmt: skip
-    return per_param_sums(torch.stack(rows))  # [keys, params]
+        torch.div(cov, (var_g * var_h).sqrt(), out=rho).clamp_(-1.0, 1.0).masked_fill_(~both, 0.0)
+        both_row.copy_(both)
+        torch.div(cov, var_h + 1e-24, out=alpha).clamp_(-2.0, 2.0)
+        torch.mul(alpha, ok_h, out=alpha_ok)  # where(ok_h, alpha, 0): alpha is finite
+        ok_h_row.copy_(ok_h)
+    sizes = torch.tensor([float(b - a) for a, b in bounds], dtype=_F64, device=g.device)
+    return torch.cat([sizes[None], per_param_sums(rows)])  # [keys, params]
 
 
 def parameter_partials(sums: GradientSums, param: str, eps: float) -> dict[str, Tensor]:

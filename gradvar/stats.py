@@ -60,8 +60,8 @@ class GradientSums:
             ("n", torch.Size()), ("n_dir_model", torch.Size()), ("nonfinite", torch.Size())
         ]  # fmt: skip
         kinds = ["g", "g2", "dir_model"] + (["h", "h2", "gh"] if paired else [])
-        for p, shape in self.shapes.items():
-            layout += [(f"{kind}/{p}", shape) for kind in kinds]
+        for kind in kinds:  # kind-major: one kind of consecutive parameters is one slice
+            layout += [(f"{kind}/{p}", shape) for p, shape in self.shapes.items()]
         for layer, names in self.groups.items():
             layout.append((f"n_dir/{layer}", torch.Size()))
             layout += [(f"dir/{layer}/{p}", self.shapes[p]) for p in names]
@@ -224,6 +224,18 @@ class GradientSums:
     def get(self, kind: str, param: str) -> Tensor:
         """Flattened float64 sum of ``kind`` (g, g2, h, h2, gh, dir_model) for ``param``."""
         return self.tensors[f"{kind}/{param}"].reshape(-1)
+
+    def flat(self, kind: str, params: Sequence[str]) -> Tensor:
+        """:meth:`get` of ``params`` side by side: a view when they are consecutive (the
+        layout is kind-major), else a copy."""
+        first, last = self.get(kind, params[0]), self.get(kind, params[-1])
+        start = first.data_ptr() - self._flat.data_ptr()
+        end = last.data_ptr() - self._flat.data_ptr() + last.numel() * last.element_size()
+        width = sum(self.shapes[p].numel() for p in params)
+        if end - start == width * first.element_size():
+            offset = start // first.element_size()
+            return self._flat[offset : offset + width]
+        return torch.cat([self.get(kind, p) for p in params])
 
 
 _PACK_MAX_COORDS = 1 << 16

@@ -59,3 +59,20 @@ def test_lanczos_and_gram_routes_agree_with_eigvalsh() -> None:
     while not solver.done:
         solver.feed(cov @ solver.vector)
     assert solver.value == pytest.approx(exact, rel=1e-9)
+
+
+def test_flat_sums_are_views_for_consecutive_parameters() -> None:
+    from gradvar.stats import GradientSums
+
+    shapes = {"a": (2, 3), "b": (4,), "c": (5,)}
+    sums = GradientSums(shapes, {"all": list(shapes)}, paired=True)
+    for i, p in enumerate(shapes):
+        sums.tensors[f"g2/{p}"].fill_(i + 1)
+    together = sums.flat("g2", ["a", "b", "c"])
+    assert together.tolist() == [1.0] * 6 + [2.0] * 4 + [3.0] * 5
+    together[0] = 9.0  # a view: writes reach the sums
+    assert sums.tensors["g2/a"][0, 0] == 9.0
+    apart = sums.flat("g2", ["a", "c"])  # not consecutive: a copy
+    assert apart.tolist() == [9.0] + [1.0] * 5 + [3.0] * 5
+    apart[0] = 0.0
+    assert sums.tensors["g2/a"][0, 0] == 9.0
