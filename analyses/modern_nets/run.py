@@ -6,7 +6,7 @@
     ... run.py --methods alpha-svrg,alpha-svrg-fitted --schedules results/fitted_schedules.json
     # tables over several calls' results folders (paired by seed across calls)
     ... run.py --combine results results/followup --out results/combined
-    # CPU, CI (both lr schedules, then a follow-up from its own fitted schedules)
+    # CPU, CI (both lr schedules; tests/test_modern_nets_followup.py adds a follow-up + --combine)
     THP_MEM_ALLOC_ENABLE=1 .venv/bin/python analyses/modern_nets/run.py --quick
 
 1. data: Fashion-MNIST (a fixed seeded training subset, the whole test set)
