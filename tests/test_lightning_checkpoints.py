@@ -67,6 +67,7 @@ def test_trainer_checkpoints_with_pickled_hyperparameters_are_analysed(tmp_path:
     assert series.steps == [4, 8, 12]
     assert series[0].layout == "lightning"
     assert series[0].metadata["not_loaded"] == f"argparse.Namespace, {__name__}.Width"
+    assert any("argparse.Namespace" in note and "not loaded" in note for note in series.notes)
     last = series[-1].load()
     for key, value in module.state_dict().items():  # the trained module = the last checkpoint
         torch.testing.assert_close(last[key], value, rtol=0, atol=0)

@@ -88,6 +88,13 @@ class CheckpointSeries(Sequence[Checkpoint]):
         self.notes: list[str] = []
         self._checkpoints = self._read_all()
         self._by_step = {c.step: c for c in self._checkpoints}
+        listed = (c.metadata.get("not_loaded", "") for c in self._checkpoints)
+        unloaded = sorted({name for names in listed for name in names.split(", ") if name})
+        if unloaded:
+            self.notes.append(
+                f"objects pickled beside the weights were not loaded (never run): "
+                f"{', '.join(unloaded)}; the weights are unaffected"
+            )
         explicit = (
             snapshot
             if isinstance(snapshot, Checkpoint) or snapshot is None
