@@ -13,8 +13,8 @@
    12 points) beside the paper's numbers (METHOD.md §6; CIFAR-10 there)
 4. figures: the sawtooth, per-epoch alpha* per depth
 
-Re-running resumes: finished runs are not retrained. Settings in config.py (FULL, or QUICK
-with --quick, which writes to results-quick/).
+Re-running resumes: finished runs are not retrained (--quick starts afresh). Settings in
+config.py (FULL, or QUICK with --quick, which writes to results-quick/).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -48,6 +49,8 @@ args = parser.parse_args()
 cfg = QUICK if args.quick else FULL
 torch.set_num_threads(cfg["threads"])
 out_dir, runs_dir = HERE / cfg["out"], HERE / cfg["runs_dir"]
+if args.quick:  # CI's short run starts afresh: nothing an older configuration left stays
+    shutil.rmtree(out_dir, ignore_errors=True)
 out_dir.mkdir(parents=True, exist_ok=True)
 seed, batch_size, epochs = cfg["seed"], cfg["batch_size"], cfg["epochs"]
 timings: dict[str, float] = {}

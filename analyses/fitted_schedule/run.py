@@ -10,8 +10,9 @@
 4. final train loss (full pass) mean ± std over seeds, paired differences
 5. figures: fitted schedule over the measured alpha*; train loss curves (mean ± std band)
 
-Re-running resumes: finished runs are not retrained; a fitted run whose schedule changed (new
-records) is trained again. Settings are in config.py (FULL, or QUICK with --quick).
+Re-running resumes (--quick starts afresh): finished runs are not retrained; a fitted run
+whose schedule changed (new records) is trained again. Settings are in config.py (FULL, or
+QUICK with --quick).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ args = parser.parse_args()
 cfg = QUICK if args.quick else FULL
 torch.set_num_threads(cfg["threads"])
 out_dir, runs_dir = HERE / cfg["out"], HERE / cfg["runs_dir"]
+if args.quick:  # CI's short run starts afresh: nothing an older configuration left stays
+    shutil.rmtree(out_dir, ignore_errors=True)
 out_dir.mkdir(parents=True, exist_ok=True)
 batch_size, epochs = cfg["batch_size"], cfg["epochs"]
 timings: dict[str, float] = {}

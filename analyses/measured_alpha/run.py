@@ -10,7 +10,8 @@
    probed per-layer α* (same layer, probe set of fixed examples)
 4. figures: train loss curves; measured α against probed α*
 
-Re-running resumes: finished runs are not retrained. Settings: config.py (FULL, or QUICK).
+Re-running resumes: finished runs are not retrained (--quick starts afresh). Settings:
+config.py (FULL, or QUICK).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -48,6 +50,8 @@ args = parser.parse_args()
 cfg = QUICK if args.quick else FULL
 torch.set_num_threads(cfg["threads"])
 out_dir, runs_dir = HERE / cfg["out"], HERE / cfg["runs_dir"]
+if args.quick:  # CI's short run starts afresh: nothing an older configuration left stays
+    shutil.rmtree(out_dir, ignore_errors=True)
 out_dir.mkdir(parents=True, exist_ok=True)
 batch_size, epochs = cfg["batch_size"], cfg["epochs"]
 timings: dict[str, float] = {}

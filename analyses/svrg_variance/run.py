@@ -30,6 +30,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -58,6 +59,8 @@ args = parser.parse_args()
 cfg = QUICK if args.quick else HARD if args.hard else FULL
 torch.set_num_threads(cfg["threads"])
 out_dir, runs_dir = HERE / cfg["out"], HERE / cfg["runs_dir"]
+if args.quick:  # CI's short run starts afresh: nothing an older configuration left stays
+    shutil.rmtree(out_dir, ignore_errors=True)
 out_dir.mkdir(parents=True, exist_ok=True)
 batch_size, epochs = cfg["batch_size"], cfg["epochs"]
 t_start = time.perf_counter()
