@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,7 @@ __all__ = [
     "scalar_fields",
     "number",
     "torch_load",
+    "read_json_object",
     "file_digest",
     "weights_digest",
 ]
@@ -117,6 +119,17 @@ def _not_torch_file(path: Path, exc: BaseException) -> str:
         f"cannot read checkpoint {path}: corrupt, truncated or not a torch.save file "
         f"({type(exc).__name__}: {first_line})"
     )
+
+
+def read_json_object(path: Path, *, fix: str = "") -> dict[str, Any]:
+    """``path``'s JSON object; a CheckpointError (ending in ``fix``) if unreadable or not one."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}{fix}") from exc
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(value).__name__}")
+    return value
 
 
 def file_digest(paths: Sequence[Path]) -> str:

@@ -11,12 +11,11 @@ is never read as such.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
-from gradvar.checkpoints._common import StateDict, torch_load
+from gradvar.checkpoints._common import StateDict, read_json_object, torch_load
 from gradvar.checkpoints._reader import Reader
 from gradvar.checkpoints._safetensors_file import load_tensors
 from gradvar.checkpoints._weights import split_weights
@@ -39,16 +38,6 @@ def is_hf_folder(folder: Path) -> bool:
     return folder.is_dir() and any((folder / name).is_file() for name in (*_SINGLE, *_INDEXES))
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, got {type(value).__name__}")
-    return value
-
-
 class HFFolder(Reader):
     """A Trainer checkpoint folder; its records name is the folder (``checkpoint-500``)."""
 
@@ -58,7 +47,7 @@ class HFFolder(Reader):
         for name in _INDEXES:
             path = self.path / name
             if path.is_file():
-                weight_map = _read_json(path).get("weight_map")
+                weight_map = read_json_object(path).get("weight_map")
                 if not isinstance(weight_map, dict) or not weight_map:
                     raise CheckpointError(f"{path} has no 'weight_map' (tensor name -> shard)")
                 return path, {str(k): str(v) for k, v in weight_map.items()}
@@ -98,7 +87,7 @@ class HFFolder(Reader):
                 split_weights(torch_load(shard, mmap=True), shard)
         state_file = self.path / TRAINER_STATE
         if state_file.is_file():
-            state = _read_json(state_file)
+            state = read_json_object(state_file)
             for key in ("global_step", "epoch"):
                 if isinstance(state.get(key), (int, float)):
                     meta[key] = state[key]

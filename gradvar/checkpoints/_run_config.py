@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from gradvar._files import atomic_path
-from gradvar.errors import CheckpointError, InvalidArgumentError
+from gradvar.checkpoints._common import read_json_object
+from gradvar.errors import InvalidArgumentError
 
 __all__ = ["RUN_CONFIG", "write_run_config", "read_run_config"]
 
@@ -34,10 +35,4 @@ def read_run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(run_dir) / RUN_CONFIG
     if not path.is_file():
         return {}
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON: {exc}; fix or delete it") from exc
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, got {type(config).__name__}")
-    return config
+    return read_json_object(path, fix="; fix or delete it")
