@@ -37,11 +37,11 @@ from matplotlib.figure import Figure  # noqa: E402
 
 import gradvar  # noqa: E402
 from gradvar import schedules  # noqa: E402
-from gradvar.train import read_metrics, train  # noqa: E402
 from gradvar.zoo import build_model, load_dataset  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # config.py; the shared _mlp4_run.py
+from _mlp4_run import train_mlp4  # noqa: E402
 from config import FULL, QUICK  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -86,27 +86,9 @@ losses = []
 for seed in cfg["seeds"]:
     for method, (vr, alpha) in methods.items():
         run_dir = runs_dir / f"{method}-s{seed}"
-        t0 = time.perf_counter()
-        train(
-            build_model("mlp4", seed=seed, **model_kwargs),  # 784-263-88-29-10
-            dataset,
-            run_dir=run_dir,
-            **cfg["optimizer"],
-            epochs=epochs,
-            batch_size=batch_size,
-            seed=seed,
-            vr=vr,
-            alpha=alpha if alpha is not None else 0.0,
-            resume=True,  # a finished run is a no-op
-            progress=False,
-            model_spec={"name": "mlp4", "kwargs": model_kwargs, "seed": seed},
-            data_spec={"name": cfg["data"], "n": cfg["n_train"], "seed": 0},
+        timings[f"train {run_dir.name}"], epoch_losses = train_mlp4(
+            run_dir, dataset, cfg=cfg, model_kwargs=model_kwargs, seed=seed, vr=vr, alpha=alpha
         )
-        wall_file = run_dir / "wall_seconds.json"  # the training's own wall time, kept on resume
-        if not wall_file.exists():
-            wall_file.write_text(json.dumps(round(time.perf_counter() - t0, 1)))
-        timings[f"train {run_dir.name}"] = json.loads(wall_file.read_text())
-        epoch_losses = [v for _, e, m, v in read_metrics(run_dir) if m == "epoch_train_loss"]
         losses += [
             {"method": method, "seed": seed, "epoch": e + 1, "train_loss": v}
             for e, v in enumerate(epoch_losses)
