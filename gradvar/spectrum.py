@@ -35,15 +35,20 @@ _DENSE_EIG_MAX = 1024
 SQUARINGS = 30  # top_eigenvalues_by_squaring: C^(2^30); see its docstring for the error
 
 
+def _centred(grams: Tensor) -> Tensor:
+    """P K P (P = I − 11ᵀ/n) of Gram matrices K ``[..., n, n]``, float64, symmetrised."""
+    k = grams.to(_F64)
+    row = k.mean(-2, keepdim=True)
+    centred = k - row - row.transpose(-1, -2) + k.mean((-2, -1), keepdim=True)
+    return (centred + centred.transpose(-1, -2)) / 2
+
+
 def centred_top_eigenvalue(gram: Tensor) -> float:
     """λ_max of the 1/n covariance from the uncentred Gram matrix K (n×n): λ_max(PKP)/n."""
     n = gram.shape[0]
     if n < 2:
         return float("nan")
-    k = gram.to(_F64)
-    row = k.mean(0, keepdim=True)
-    centred = k - row - row.T + k.mean()
-    centred = (centred + centred.T) / 2
+    centred = _centred(gram)
     if n <= _DENSE_EIG_MAX:
         top = torch.linalg.eigvalsh(centred)[-1].item()
     else:
@@ -62,10 +67,7 @@ def centred_top_eigenvalues(grams: Tensor) -> list[float]:
         return [float("nan")] * grams.shape[0]
     if n > _DENSE_EIG_MAX:
         return [centred_top_eigenvalue(k) for k in grams]
-    k = grams.to(_F64)
-    row = k.mean(-2, keepdim=True)
-    centred = k - row - row.transpose(-1, -2) + k.mean((-2, -1), keepdim=True)
-    centred = (centred + centred.transpose(-1, -2)) / 2
+    centred = _centred(grams)
     if _by_squaring(centred):
         top = top_eigenvalues_by_squaring(centred)
     else:
